@@ -1,0 +1,1 @@
+"""Contracts shared by every Switchboard service: events, wire frames, error codes, names."""

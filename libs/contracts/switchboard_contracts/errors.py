@@ -1,0 +1,59 @@
+"""Every error code a client can see, on the WebSocket and over HTTP.
+
+One list, so the protocol document, the gateway and the tests cannot drift apart. The codes are
+part of protocol v1: a code is never renamed or reused for another meaning.
+"""
+
+from enum import StrEnum
+
+__all__ = ["DESCRIPTIONS", "HTTP_STATUS", "WS_CLOSE_FRAME_TOO_LARGE", "WS_CLOSE_INVALID_TOKEN", "ErrorCode"]
+
+
+class ErrorCode(StrEnum):
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a credential
+    NOT_AUTHENTICATED = "not_authenticated"
+    BAD_REQUEST = "bad_request"
+    NOT_A_MEMBER = "not_a_member"
+    CHAT_NOT_FOUND = "chat_not_found"
+    CONTENT_TOO_LONG = "content_too_long"
+    FRAME_TOO_LARGE = "frame_too_large"
+    SLOW_CONSUMER = "slow_consumer"
+    INTERNAL = "internal"
+
+
+DESCRIPTIONS: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_TOKEN: (
+        "The JWT is missing, malformed, unsigned, signed with another key or algorithm, expired, or "
+        "lacks `sub`/`exp`; a bare user id in `user_authenticated` is refused the same way. "
+        "On the WebSocket the socket is then closed with 4401."
+    ),
+    ErrorCode.NOT_AUTHENTICATED: "An event other than `user_authenticated` arrived before authentication.",
+    ErrorCode.BAD_REQUEST: "Bad JSON, a frame that is not an object, an unknown event, or a missing or "
+    "wrongly typed field.",
+    ErrorCode.NOT_A_MEMBER: "The caller is not a member of that chat.",
+    ErrorCode.CHAT_NOT_FOUND: "No chat has that id.",
+    ErrorCode.CONTENT_TOO_LONG: "`content` is longer than the configured limit "
+    "(65,536 characters by default).",
+    ErrorCode.FRAME_TOO_LARGE: "A frame is larger than the configured limit (1 MiB by default); the socket "
+    "is closed with 1009.",
+    ErrorCode.SLOW_CONSUMER: "The client did not read fast enough and its send buffer filled; the socket "
+    "is closed with 1013 and the client catches up from its queue when it reconnects.",
+    ErrorCode.INTERNAL: "The server failed; the request may be retried with the same `tempId`.",
+}
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_TOKEN: 401,
+    ErrorCode.NOT_AUTHENTICATED: 401,
+    ErrorCode.BAD_REQUEST: 422,
+    ErrorCode.NOT_A_MEMBER: 403,
+    ErrorCode.CHAT_NOT_FOUND: 404,
+    ErrorCode.CONTENT_TOO_LONG: 422,
+    ErrorCode.FRAME_TOO_LARGE: 413,
+    ErrorCode.SLOW_CONSUMER: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+# 4401 mirrors HTTP 401 in the 4000-4999 range RFC 6455 leaves to applications.
+WS_CLOSE_INVALID_TOKEN = 4401
+# 1009 is RFC 6455's "message too big".
+WS_CLOSE_FRAME_TOO_LARGE = 1009

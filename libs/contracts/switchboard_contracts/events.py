@@ -1,0 +1,199 @@
+"""Events on the bus: one envelope, past-tense versioned types, a payload model each.
+
+The envelope carries the CloudEvents 1.0 core attributes (`id`, `type`, `source`, `time`,
+`specversion`). Consumers de-duplicate on `id`; an incompatible payload change gets a new
+type (`...v2`) rather than a changed `v1`.
+"""
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models import ChatType, MessageOut
+
+__all__ = [
+    "EVENT_TYPES",
+    "ChatCreated",
+    "ChatMemberAdded",
+    "ChatMemberRemoved",
+    "DeliveryAcked",
+    "Envelope",
+    "Event",
+    "GatewayHeartbeat",
+    "MessageSent",
+    "MessageStored",
+    "Origin",
+    "SessionClosed",
+    "SessionOpened",
+    "SessionRegistered",
+    "UserWentOffline",
+    "UserWentOnline",
+]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Base of every payload; `TYPE` is the routing key and the envelope's `type`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    TYPE: ClassVar[str]
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID = Field(default_factory=uuid4)
+    type: str
+    source: str
+    time: datetime = Field(default_factory=_now)
+    specversion: str = "1.0"
+    data: dict[str, Any]
+
+    @classmethod
+    def wrap(cls, event: Event, source: str, event_id: UUID | None = None) -> "Envelope":
+        return cls(
+            id=event_id or uuid4(),
+            type=event.TYPE,
+            source=source,
+            data=event.model_dump(mode="json"),
+        )
+
+
+class Origin(BaseModel):
+    """The session a command came from, so an answer can be routed back to it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gateway_id: str
+    session_id: str
+
+
+class MessageSent(Event):
+    TYPE = "chat.message.sent.v1"
+
+    chat_id: UUID
+    sender_id: str
+    temp_id: str | int
+    content: str
+    message_type: str
+    reply_to: UUID | None
+    origin: Origin
+
+
+class MessageStored(Event):
+    TYPE = "chat.message.stored.v1"
+
+    message: MessageOut
+    temp_id: str | int
+    origin: Origin
+
+
+class ChatCreated(Event):
+    TYPE = "chat.created.v1"
+
+    chat_id: UUID
+    chat_type: ChatType
+    title: str | None
+    members: list[str]
+    created_by: str
+    created_at: datetime
+
+
+class ChatMemberAdded(Event):
+    TYPE = "chat.member.added.v1"
+
+    chat_id: UUID
+    user_id: str
+    by: str
+
+
+class ChatMemberRemoved(Event):
+    TYPE = "chat.member.removed.v1"
+
+    chat_id: UUID
+    user_id: str
+    by: str
+
+
+class DeliveryAcked(Event):
+    """A device confirmed it received these messages: those deliveries are done."""
+
+    TYPE = "chat.delivery.acked.v1"
+
+    user_id: str
+    session_id: str
+    message_ids: list[UUID]
+
+
+class SessionOpened(Event):
+    TYPE = "gateway.session.opened.v1"
+
+    session_id: str
+    user_id: str
+    gateway_id: str
+    device_id: str | None = None
+
+
+class SessionClosed(Event):
+    TYPE = "gateway.session.closed.v1"
+
+    session_id: str
+    user_id: str
+    gateway_id: str
+
+
+class GatewayHeartbeat(Event):
+    TYPE = "gateway.heartbeat.v1"
+
+    gateway_id: str
+    sessions: int
+
+
+class SessionRegistered(Event):
+    """Presence recorded a live session: what is queued for its user can now reach it."""
+
+    TYPE = "presence.session.registered.v1"
+
+    session_id: str
+    user_id: str
+    gateway_id: str
+    user_went_online: bool
+
+
+class UserWentOnline(Event):
+    TYPE = "presence.user.online.v1"
+
+    user_id: str
+    session_id: str
+    gateway_id: str
+
+
+class UserWentOffline(Event):
+    TYPE = "presence.user.offline.v1"
+
+    user_id: str
+    last_seen: datetime
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    model.TYPE: model
+    for model in (
+        MessageSent,
+        MessageStored,
+        ChatCreated,
+        ChatMemberAdded,
+        ChatMemberRemoved,
+        DeliveryAcked,
+        SessionOpened,
+        SessionClosed,
+        GatewayHeartbeat,
+        SessionRegistered,
+        UserWentOnline,
+        UserWentOffline,
+    )
+}

@@ -1,0 +1,64 @@
+"""Names on the broker, shared by every service so that nobody spells them twice.
+
+Two exchanges, both prefixed with a namespace so that test runs and deployments sharing a
+broker never see each other's traffic:
+
+* `<ns>.events` (topic): domain events, routing key = event type. Each service owns one durable
+  quorum queue bound to the types it handles.
+* `<ns>.route` (direct): frames on their way to clients. Every gateway process owns one exclusive
+  queue bound with `gw.<gateway_id>` (answers to one of its sessions) and `user.<user_id>` for each
+  user it currently holds. A message for a user is published once with routing key
+  `user.<user_id>`; the broker copies it to every gateway holding that user, and each gateway
+  hands it to all of that user's local sessions. So every device gets every message, which one
+  shared per-user queue (round-robin between consumers) could not give.
+"""
+
+from dataclasses import dataclass
+
+__all__ = ["Headers", "Topology"]
+
+
+class Headers:
+    """AMQP headers on `<ns>.route` messages; the body is the client frame, ready to send."""
+
+    USER = "sb-user"
+    SESSION = "sb-session"
+    EXCEPT_SESSION = "sb-except-session"
+    # "live" frames wait while a session is catching up, "flush" frames are the catch-up itself,
+    # "flush-done" ends it, "reply" answers one session and never waits.
+    KIND = "sb-kind"
+    MESSAGE_ID = "sb-message-id"
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str = "switchboard"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def route_exchange(self) -> str:
+        return f"{self.namespace}.route"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dead-letter"
+
+    def service_queue(self, service: str) -> str:
+        return f"{self.namespace}.{service}"
+
+    def dead_letter_queue(self, service: str) -> str:
+        return f"{self.namespace}.{service}.dead"
+
+    def gateway_queue(self, gateway_id: str) -> str:
+        return f"{self.namespace}.gateway.{gateway_id}"
+
+    @staticmethod
+    def user_key(user_id: str) -> str:
+        return f"user.{user_id}"
+
+    @staticmethod
+    def gateway_key(gateway_id: str) -> str:
+        return f"gw.{gateway_id}"

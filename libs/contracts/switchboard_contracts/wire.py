@@ -1,0 +1,83 @@
+"""Client protocol v1: the frames a client sends and the frames it receives.
+
+Every frame is a JSON text `{"event": "<name>", "data": {...}}` (docs/protocol.md).
+"""
+
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import to_json
+
+from .errors import ErrorCode
+from .models import MessageOut
+
+__all__ = [
+    "ClientFrame",
+    "MessageReceived",
+    "SendMessage",
+    "UserAuthenticated",
+    "encode_frame",
+    "error_frame",
+    "message_error_frame",
+    "new_message_frame",
+]
+
+# tempIds are client-chosen; 128 characters fits any UUID, ULID or timestamp-based scheme.
+TempId = Annotated[str, StringConstraints(min_length=1, max_length=128)] | int
+
+
+class ClientFrame(BaseModel):
+    """The outer shape of every client frame; `data` is validated per event afterwards."""
+
+    event: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    data: Any = None
+
+
+class UserAuthenticated(BaseModel):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    device_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+
+class SendMessage(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    chat_id: UUID
+    # Length is checked against the configured limit by the gateway, so it can answer
+    # `content_too_long` rather than a generic `bad_request`.
+    content: str
+    message_type: Annotated[str, StringConstraints(min_length=1, max_length=32)] = "text"
+    reply_to: UUID | None = None
+    temp_id: TempId = Field(alias="tempId")
+
+
+class MessageReceived(BaseModel):
+    # One acknowledgement may cover a whole flushed backlog page; 1,000 bounds the work per frame.
+    message_ids: Annotated[list[UUID], Field(min_length=1, max_length=1000)]
+
+
+def encode_frame(event: str, data: Any) -> bytes:
+    return to_json({"event": event, "data": data})
+
+
+def error_frame(code: ErrorCode, message: str) -> bytes:
+    return encode_frame("error", {"code": code.value, "message": message})
+
+
+def message_error_frame(temp_id: str | int | None, code: ErrorCode | str, message: str) -> bytes:
+    return encode_frame("message_error", {"tempId": temp_id, "code": str(code), "message": message})
+
+
+def new_message_frame(message: MessageOut) -> bytes:
+    return encode_frame("new_message", message.model_dump(mode="json"))
+
+
+Outbound = Literal[
+    "authenticated",
+    "error",
+    "message_sent",
+    "message_error",
+    "message_delivery_info",
+    "new_message",
+    "queue_flushed",
+]

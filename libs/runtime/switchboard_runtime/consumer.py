@@ -1,0 +1,234 @@
+"""The one base consumer: it owns ack, batching, idempotency, dead-lettering and metrics.
+
+A service gives it a routing table `{EventModel: handler}`. Handlers hold business logic only:
+`async def on_<event>(event, ctx)`, where `ctx` gives them the open transaction, the outbox and
+whether this event id was already processed.
+
+How a batch goes:
+1. Deliveries arrive under a prefetch window and wait in a local queue; the worker takes all
+   that are waiting (up to `batch_size`), so batches form by themselves under load and a lone
+   message is handled at once.
+2. One database transaction covers the batch; each event runs in its own savepoint, so a handler
+   that raises rolls back only its own work. Its event goes to the dead-letter queue (no requeue:
+   a handler that failed once on the same input fails again), the rest of the batch commits.
+3. After commit, the handlers' after-commit actions run (publishes whose result they need), then
+   the batch is acknowledged. A crash anywhere before the ack redelivers the batch; the
+   `processed_events` row written in each savepoint tells handlers it is a repeat.
+4. Database or broker outages are not poison: the batch is retried with backoff, unacknowledged.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from switchboard_contracts.events import Envelope, Event
+
+from .amqp import Bus
+from .db import Conn
+from .outbox import OutboxWriter
+
+__all__ = ["EventConsumer", "Handler", "HandlerContext"]
+
+log = structlog.get_logger()
+
+Handler = Callable[[Any, "HandlerContext"], Awaitable[None]]
+
+EVENTS = Counter("switchboard_events_total", "Events handled, by outcome", ["service", "type", "outcome"])
+BATCH_SECONDS = Histogram(
+    "switchboard_batch_seconds", "Time to handle one batch, commit and ack", ["service"]
+)
+BATCH_SIZE = Histogram(
+    "switchboard_batch_size", "Events per batch", ["service"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500)
+)
+
+# A message that kills the process before it can be acked comes back on every restart; quorum
+# queues count those redeliveries and dead-letter it past this limit instead of crash-looping.
+DELIVERY_LIMIT = 10
+
+# Errors that mean "a dependency is down", not "this event is bad".
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
+@dataclass
+class HandlerContext:
+    conn: Conn
+    envelope: Envelope
+    # True when this event id was committed before: the handler must not repeat its effects,
+    # but may redo its after-commit work (a crash may have come between commit and publish).
+    duplicate: bool
+    outbox: OutboxWriter
+    # For after-commit publishes whose outcome the handler needs (delivery's mandatory routing).
+    bus: Bus
+    after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass
+class _Item:
+    message: AbstractIncomingMessage
+    envelope: Envelope | None = None
+    event: Event | None = None
+    handler: Handler | None = None
+    ctx: HandlerContext | None = None
+    failed: bool = False
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        *,
+        service: str,
+        bus: Bus,
+        pool: asyncpg.Pool,
+        handlers: Mapping[type[Event], Handler],
+        prefetch: int,
+        batch_size: int,
+    ) -> None:
+        self.service = service
+        self.bus = bus
+        self.pool = pool
+        self.handlers = {model.TYPE: (model, handler) for model, handler in handlers.items()}
+        self.prefetch = prefetch
+        self.batch_size = batch_size
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
+
+    async def declare(self) -> AbstractQueue:
+        """Declare this service's queue, its dead-letter queue and the bindings; idempotent."""
+        topo = self.bus.topology
+        channel = await self.bus.connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)
+        self._channel = channel
+        dead = await channel.declare_queue(
+            topo.dead_letter_queue(self.service), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead.bind(topo.dead_letter_exchange, routing_key=self.service)
+        queue = await channel.declare_queue(
+            topo.service_queue(self.service),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-dead-letter-exchange": topo.dead_letter_exchange,
+                "x-dead-letter-routing-key": self.service,
+            },
+        )
+        for event_type in self.handlers:
+            await queue.bind(topo.events_exchange, routing_key=event_type)
+        self._queue = queue
+        return queue
+
+    async def run(self) -> None:
+        queue = self._queue or await self.declare()
+        await queue.consume(self._inbox.put)
+        while True:
+            batch = [await self._inbox.get()]
+            while len(batch) < self.batch_size and not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            started = time.perf_counter()
+            await self._handle_batch(batch)
+            BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+            BATCH_SIZE.labels(self.service).observe(len(batch))
+
+    def _parse(self, message: AbstractIncomingMessage) -> _Item:
+        item = _Item(message)
+        try:
+            envelope = Envelope.model_validate_json(message.body)
+            model, handler = self.handlers[envelope.type]
+            item.envelope, item.event, item.handler = envelope, model.model_validate(envelope.data), handler
+        except (ValidationError, KeyError, ValueError):
+            log.exception("unreadable event dead-lettered", routing_key=message.routing_key)
+            item.failed = True
+        return item
+
+    async def _handle_batch(self, messages: list[AbstractIncomingMessage]) -> None:
+        items = [self._parse(message) for message in messages]
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            wait=wait_exponential_jitter(initial=0.2, max=5.0),
+            before_sleep=lambda state: log.warning(
+                "batch not committed; retrying",
+                error=repr(state.outcome.exception() if state.outcome else None),
+            ),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._commit(items)
+        try:
+            # Started in batch order, so their publishes reach the channel in that order (its
+            # lock is FIFO) while all their confirms are awaited together.
+            await asyncio.gather(
+                *(
+                    action()
+                    for item in items
+                    if item.ctx is not None and not item.failed
+                    for action in item.ctx.after_commit
+                )
+            )
+        except Exception:
+            # The state is committed; redelivery re-runs the after-commit work as a duplicate.
+            log.exception("after-commit work failed; batch goes back to the queue")
+            for item in items:
+                await item.message.nack(requeue=True)
+            return
+        for item in items:
+            outcome = (
+                "dead_lettered" if item.failed else ("duplicate" if item.ctx and item.ctx.duplicate else "ok")
+            )
+            EVENTS.labels(self.service, item.envelope.type if item.envelope else "unreadable", outcome).inc()
+            if item.failed:
+                await item.message.reject(requeue=False)
+        ok = [item for item in items if not item.failed]
+        if ok and len(ok) == len(items):
+            # One frame acknowledges the whole batch: delivery tags on a channel only grow.
+            await items[-1].message.ack(multiple=True)
+        else:
+            for item in ok:
+                await item.message.ack()
+
+    async def _commit(self, items: list[_Item]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            outbox = OutboxWriter(self.service)
+            for item in items:
+                if item.envelope is None or item.event is None or item.handler is None:
+                    continue
+                item.failed = False
+                try:
+                    async with conn.transaction():
+                        fresh = await conn.fetchval(
+                            "INSERT INTO processed_events (event_id) VALUES ($1)"
+                            " ON CONFLICT DO NOTHING RETURNING true",
+                            item.envelope.id,
+                        )
+                        item.ctx = HandlerContext(
+                            conn, item.envelope, not fresh, OutboxWriter(self.service), self.bus
+                        )
+                        await item.handler(item.event, item.ctx)
+                        outbox.rows.extend(item.ctx.outbox.rows)
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception:
+                    log.exception(
+                        "handler failed; event dead-lettered",
+                        event_type=item.envelope.type,
+                        event_id=str(item.envelope.id),
+                    )
+                    item.failed = True
+            await outbox.flush(conn)

@@ -1,0 +1,29 @@
+"""Start-up and reconnection retries: the broker or database may be starting, or restarting."""
+
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+__all__ = ["connect_retrying"]
+
+log = structlog.get_logger()
+
+
+def connect_retrying(
+    what: str, errors: tuple[type[BaseException], ...], timeout: float = 120.0
+) -> AsyncRetrying:
+    """Back off from 0.2 s up to 5 s between tries; give up after `timeout` seconds.
+
+    Two minutes covers a broker or database that a supervisor is still starting; past that the
+    process exits and its supervisor restarts it, which is louder than waiting forever.
+    """
+
+    def before_sleep(state: object) -> None:
+        log.warning("dependency not reachable yet, retrying", dependency=what)
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(errors),
+        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        stop=stop_after_delay(timeout),
+        before_sleep=before_sleep,
+        reraise=True,
+    )

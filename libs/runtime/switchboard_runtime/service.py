@@ -1,0 +1,159 @@
+"""What every service process has in common: its lifespan, health routes and command line."""
+
+import argparse
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+import uvicorn
+from fastapi import FastAPI, Response
+from prometheus_client import make_asgi_app
+
+from switchboard_contracts.events import Event
+from switchboard_contracts.topology import Topology
+
+from .amqp import Bus
+from .consumer import EventConsumer, Handler
+from .db import create_pool, ensure_database
+from .logs import configure_logging
+from .migrate import apply_migrations
+from .outbox import OutboxRelay
+from .settings import CommonSettings
+
+__all__ = ["Runtime", "add_health_routes", "event_service", "run_cli", "spawn"]
+
+log = structlog.get_logger()
+
+
+def spawn(coro: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]], name: str) -> None:
+    """Start a background task that must live as long as the process.
+
+    If it dies the process stops (SIGTERM to itself, so shutdown stays graceful) and its
+    supervisor restarts it: a service whose consumer is dead must not look alive.
+    """
+    task = asyncio.create_task(coro, name=name)
+    tasks.add(task)
+
+    def done(t: asyncio.Task[None]) -> None:
+        tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background task died; stopping", task=name, exc_info=t.exception())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    task.add_done_callback(done)
+
+
+async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class Runtime:
+    bus: Bus
+    pool: asyncpg.Pool | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def ready(self) -> bool:
+        if not self.bus.is_ready:
+            return False
+        if self.pool is not None:
+            try:
+                await self.pool.fetchval("SELECT 1", timeout=2.0)
+            except Exception:
+                return False
+        return True
+
+
+def add_health_routes(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> None:
+    @app.get("/healthz", tags=["health"], summary="Alive (no dependency checks)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Broker and database reachable")
+    async def readyz(response: Response) -> dict[str, str]:
+        if await ready():
+            return {"status": "ready"}
+        response.status_code = 503
+        return {"status": "not ready"}
+
+    app.mount("/metrics", make_asgi_app())
+
+
+@asynccontextmanager
+async def event_service(
+    service: str,
+    settings: CommonSettings,
+    handlers: Mapping[type[Event], Handler],
+    *,
+    extra: Callable[[asyncpg.Pool], Mapping[str, Coroutine[Any, Any, None]]] | None = None,
+) -> AsyncIterator[Runtime]:
+    """Bus, pool, outbox relay and consumer for a service that handles events in PostgreSQL."""
+    configure_logging(service, settings.log_level)
+    bus = Bus(settings.amqp_url, Topology(settings.namespace), source=service)
+    await bus.connect()
+    pool = await create_pool(settings.database_url, schema=service)
+    runtime = Runtime(bus=bus, pool=pool)
+    consumer = EventConsumer(
+        service=service,
+        bus=bus,
+        pool=pool,
+        handlers=handlers,
+        prefetch=settings.prefetch,
+        batch_size=settings.batch_size,
+    )
+    await consumer.declare()
+    spawn(OutboxRelay(pool, bus).run(), runtime.tasks, "outbox-relay")
+    spawn(consumer.run(), runtime.tasks, "consumer")
+    for name, coro in (extra(pool) if extra else {}).items():
+        spawn(coro, runtime.tasks, name)
+    log.info("service started", namespace=settings.namespace)
+    try:
+        yield runtime
+    finally:
+        await cancel_all(runtime.tasks)
+        await bus.close()
+        await pool.close()
+        log.info("service stopped")
+
+
+def run_cli(
+    *,
+    service: str,
+    app_factory: Callable[[], FastAPI],
+    settings: CommonSettings,
+    port: int,
+    migrations: Path | None = None,
+    uvicorn_options: Mapping[str, Any] | None = None,
+) -> None:
+    parser = argparse.ArgumentParser(prog=f"switchboard-{service}")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    args = parser.parse_args()
+    configure_logging(service, settings.log_level)
+    if args.command == "migrate":
+        if migrations is None:
+            log.info("nothing to migrate: this service keeps no tables")
+            return
+        asyncio.run(ensure_database(settings.database_url))
+        apply_migrations(settings.database_url, migrations)
+        return
+    uvicorn.run(
+        app_factory,
+        factory=True,
+        host=settings.host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        # The default lets uvicorn wait forever for open WebSockets; past this the process exits
+        # and clients reconnect elsewhere.
+        timeout_graceful_shutdown=10,
+        **(uvicorn_options or {}),
+    )

@@ -1,0 +1,22 @@
+"""Configuration every service shares, read from `CHAT_*` environment variables."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["CommonSettings"]
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHAT_", extra="ignore", frozen=True)
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    database_url: str = "postgresql://switchboard:switchboard@127.0.0.1:5432/switchboard"
+    # Prefix of every exchange and queue; a test run or a second deployment on the same broker
+    # picks its own so the two never see each other's traffic.
+    namespace: str = Field("switchboard", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    # Enough unacknowledged deliveries to fill a batch and the next one while the first commits;
+    # a 200-row commit is where asyncpg's insert rate levels off on this kind of machine.
+    prefetch: int = Field(400, ge=1, le=10_000)
+    batch_size: int = Field(200, ge=1, le=5_000)

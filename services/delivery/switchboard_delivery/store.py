@@ -1,0 +1,81 @@
+"""SQL of the delivery service."""
+
+from collections.abc import Iterable, Sequence
+from uuid import UUID
+
+from switchboard_runtime.db import Conn
+
+__all__ = [
+    "acknowledge",
+    "add_members",
+    "backlog",
+    "members",
+    "queue_message",
+    "remove_member",
+    "still_pending",
+]
+
+
+async def add_members(conn: Conn, chat_id: UUID, users: Iterable[str]) -> None:
+    await conn.executemany(
+        "INSERT INTO chat_members (chat_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        [(chat_id, user) for user in users],
+    )
+
+
+async def remove_member(conn: Conn, chat_id: UUID, user_id: str) -> None:
+    await conn.execute("DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2", chat_id, user_id)
+
+
+async def members(conn: Conn, chat_id: UUID) -> list[str]:
+    return [
+        row[0] for row in await conn.fetch("SELECT user_id FROM chat_members WHERE chat_id = $1", chat_id)
+    ]
+
+
+async def queue_message(
+    conn: Conn,
+    message_id: UUID,
+    chat_id: UUID,
+    seq: int,
+    frame: bytes,
+    recipients: Sequence[str],
+) -> None:
+    """Keep the frame and a pending delivery per recipient until each acknowledges it."""
+    position = await conn.fetchval(
+        "INSERT INTO messages (message_id, chat_id, seq, frame) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (message_id) DO UPDATE SET seq = EXCLUDED.seq RETURNING position",
+        message_id,
+        chat_id,
+        seq,
+        frame,
+    )
+    await conn.execute(
+        "INSERT INTO pending (user_id, message_id, position)"
+        " SELECT unnest($1::text[]), $2, $3 ON CONFLICT DO NOTHING",
+        list(recipients),
+        message_id,
+        position,
+    )
+
+
+async def still_pending(conn: Conn, message_id: UUID) -> list[str]:
+    return [
+        row[0] for row in await conn.fetch("SELECT user_id FROM pending WHERE message_id = $1", message_id)
+    ]
+
+
+async def acknowledge(conn: Conn, user_id: str, message_ids: Sequence[UUID]) -> None:
+    await conn.execute(
+        "DELETE FROM pending WHERE user_id = $1 AND message_id = ANY($2::uuid[])", user_id, list(message_ids)
+    )
+
+
+async def backlog(conn: Conn, user_id: str) -> list[tuple[UUID, bytes]]:
+    """Everything the user has not acknowledged, in the order delivery first handled it."""
+    rows = await conn.fetch(
+        "SELECT p.message_id, m.frame FROM pending p JOIN messages m USING (message_id)"
+        " WHERE p.user_id = $1 ORDER BY p.position",
+        user_id,
+    )
+    return [(row[0], row[1]) for row in rows]

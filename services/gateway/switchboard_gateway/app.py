@@ -1,0 +1,107 @@
+"""Wiring of the gateway: WebSocket and HTTP for clients, a route queue for what reaches them."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import uuid4
+
+import httpx
+import structlog
+from fastapi import FastAPI
+
+from switchboard_contracts.events import GatewayHeartbeat
+from switchboard_contracts.topology import Topology
+from switchboard_runtime.amqp import Bus
+from switchboard_runtime.http_errors import install_error_handlers
+from switchboard_runtime.logs import configure_logging
+from switchboard_runtime.service import Runtime, add_health_routes, cancel_all, run_cli, spawn
+
+from .auth import Verifier
+from .context import Gateway
+from .http_api import router
+from .routes import RouteConsumer
+from .sessions import Registry
+from .settings import Settings
+from .ws import websocket_endpoint
+
+__all__ = ["create_app", "main"]
+
+SERVICE = "gateway"
+log = structlog.get_logger()
+
+
+async def heartbeat(gateway: Gateway) -> None:
+    while True:
+        try:
+            await gateway.publish(
+                GatewayHeartbeat(gateway_id=gateway.id, sessions=len(gateway.registry.sessions))
+            )
+        except Exception:
+            log.warning("heartbeat not published; broker unreachable")
+        await asyncio.sleep(gateway.settings.heartbeat_seconds)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(SERVICE, settings.log_level)
+        verifier = Verifier.from_settings(settings)
+        gateway_id = f"gw-{uuid4().hex[:12]}"
+        topology = Topology(settings.namespace)
+        bus = Bus(settings.amqp_url, topology, source=f"gateway/{gateway_id}")
+        await bus.connect()
+        channel = await bus.connection.channel()
+        await channel.set_qos(prefetch_count=settings.route_prefetch)
+        # Exclusive: the queue, and with it every user binding, vanishes with this process, so
+        # the broker stops routing to a dead gateway and delivery sees those users as offline.
+        queue = await channel.declare_queue(
+            topology.gateway_queue(gateway_id), exclusive=True, auto_delete=True
+        )
+        await queue.bind(topology.route_exchange, Topology.gateway_key(gateway_id))
+        registry = Registry(queue, topology)
+        gateway = Gateway(gateway_id, settings, bus, registry, verifier)
+        await queue.consume(RouteConsumer(registry))
+        runtime = Runtime(bus=bus)
+        spawn(heartbeat(gateway), runtime.tasks, "heartbeat")
+        app.state.gateway = gateway
+        app.state.runtime = runtime
+        async with httpx.AsyncClient(base_url=settings.messages_url, timeout=10.0) as client:
+            app.state.messages_client = client
+            log.info("gateway started", gateway_id=gateway_id, namespace=settings.namespace)
+            try:
+                yield
+            finally:
+                await cancel_all(runtime.tasks)
+                await bus.close()
+                log.info("gateway stopped", gateway_id=gateway_id)
+
+    app = FastAPI(
+        title="Switchboard gateway",
+        summary="Client API: WebSocket protocol v1 at /ws (docs/protocol.md) and the chat HTTP API below.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    app.add_api_websocket_route("/ws", websocket_endpoint)
+    install_error_handlers(app)
+    add_health_routes(app, lambda: app.state.runtime.ready())
+    return app
+
+
+def main() -> None:
+    settings = Settings()
+    run_cli(
+        service=SERVICE,
+        app_factory=lambda: create_app(settings),
+        settings=settings,
+        port=settings.gateway_port,
+        uvicorn_options={
+            # The protocol-level cap; frames over max_frame_bytes but under this get the
+            # documented `frame_too_large` answer before the close.
+            "ws_max_size": settings.max_frame_bytes * 2,
+            # Pings find dead peers (a phone that lost signal) within about 40 s.
+            "ws_ping_interval": 20.0,
+            "ws_ping_timeout": 20.0,
+        },
+    )

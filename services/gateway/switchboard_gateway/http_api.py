@@ -1,0 +1,108 @@
+"""The client HTTP API (Bearer JWT): chats, membership and history.
+
+The gateway authenticates and forwards to the messages service, which owns chats; it never
+touches another service's tables itself.
+"""
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import httpx
+import structlog
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from switchboard_contracts.errors import ErrorCode
+from switchboard_contracts.models import AddMember, ChatOut, CreateChat, ErrorBody, HistoryPage
+from switchboard_runtime.http_errors import ApiError
+
+from .auth import AuthError
+from .context import Gateway
+
+__all__ = ["router"]
+
+log = structlog.get_logger()
+
+
+bearer = HTTPBearer(auto_error=False)
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> str:
+    if credentials is None:
+        raise ApiError(ErrorCode.NOT_AUTHENTICATED, "send Authorization: Bearer <jwt>")
+    try:
+        return _gateway(request).verifier.user_id(credentials.credentials)
+    except AuthError as exc:
+        raise ApiError(ErrorCode.INVALID_TOKEN, str(exc)) from None
+
+
+Caller = Annotated[str, Depends(caller)]
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody} for status in (401, 403, 404, 422)}
+router = APIRouter(tags=["chats"], responses=ERRORS)
+
+
+async def _forward(request: Request, method: str, path: str, user: str, **kwargs: Any) -> httpx.Response:
+    client: httpx.AsyncClient = request.app.state.messages_client
+    try:
+        response = await client.request(method, path, headers={"X-Switchboard-User": user}, **kwargs)
+    except httpx.HTTPError as exc:
+        log.warning("messages service unreachable", error=str(exc))
+        raise ApiError(ErrorCode.INTERNAL, "chat service unavailable; try again") from None
+    if response.status_code >= 400:
+        try:
+            body = ErrorBody.model_validate_json(response.content)
+            raise ApiError(ErrorCode(body.code), body.message)
+        except ValueError:
+            log.warning("unexpected answer from messages service", status=response.status_code)
+            raise ApiError(ErrorCode.INTERNAL, "chat service error") from None
+    return response
+
+
+@router.post(
+    "/chats", status_code=201, summary="Create a direct or group chat (the caller is always a member)"
+)
+async def create_chat(body: CreateChat, user: Caller, request: Request) -> ChatOut:
+    response = await _forward(request, "POST", "/internal/chats", user, json=body.model_dump(mode="json"))
+    return ChatOut.model_validate(response.json())
+
+
+@router.get("/chats", summary="The caller's chats")
+async def list_chats(user: Caller, request: Request) -> list[ChatOut]:
+    response = await _forward(request, "GET", "/internal/chats", user)
+    return [ChatOut.model_validate(chat) for chat in response.json()]
+
+
+@router.get("/chats/{chat_id}/messages", summary="History, oldest first; members only")
+async def history(
+    chat_id: UUID,
+    user: Caller,
+    request: Request,
+    before_seq: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> HistoryPage:
+    params: dict[str, int] = {"limit": limit}
+    if before_seq is not None:
+        params["before_seq"] = before_seq
+    response = await _forward(request, "GET", f"/internal/chats/{chat_id}/messages", user, params=params)
+    return HistoryPage.model_validate(response.json())
+
+
+@router.post("/chats/{chat_id}/members", status_code=201, summary="Add a member (group chats)")
+async def add_member(chat_id: UUID, body: AddMember, user: Caller, request: Request) -> ChatOut:
+    response = await _forward(
+        request, "POST", f"/internal/chats/{chat_id}/members", user, json=body.model_dump()
+    )
+    return ChatOut.model_validate(response.json())
+
+
+@router.delete("/chats/{chat_id}/members/{user_id}", status_code=204, summary="Remove a member (group chats)")
+async def remove_member(chat_id: UUID, user_id: str, user: Caller, request: Request) -> Response:
+    await _forward(request, "DELETE", f"/internal/chats/{chat_id}/members/{user_id}", user)
+    return Response(status_code=204)

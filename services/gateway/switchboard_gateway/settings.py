@@ -1,0 +1,32 @@
+from pydantic import Field, SecretStr
+
+from switchboard_runtime.settings import CommonSettings
+
+__all__ = ["Settings"]
+
+
+class Settings(CommonSettings):
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    # HS256 secret. Required unless an RS256 public key is configured.
+    jwt_secret: SecretStr | None = None
+    # PEM public key: when set, tokens must be RS256 and the secret is not used.
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    # The internal API of the messages service (chats, membership, history).
+    messages_url: str = "http://127.0.0.1:8001"
+    max_frame_bytes: int = Field(1024 * 1024, ge=1024)
+    max_content_chars: int = Field(65_536, ge=1)
+    # A client that opens a socket must authenticate within this time or be closed (4401).
+    auth_timeout_seconds: float = Field(10.0, gt=0)
+    # Frames waiting to be written to one socket. 1,000 covers a flushed backlog page arriving
+    # faster than a phone reads; past it the client is too slow, is dropped with 1013 and
+    # catches up from its queue on reconnect, so one stuck client cannot grow the gateway.
+    send_buffer_frames: int = Field(1000, ge=10)
+    # How long live messages wait behind a session's queue flush before being sent anyway.
+    flush_timeout_seconds: float = Field(30.0, gt=0)
+    # Presence expires a gateway's sessions after about three missed beats.
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    # Unacknowledged route deliveries in flight to this gateway; each is handed to in-memory
+    # session buffers at once, so this only bounds the burst the event loop takes in one go.
+    route_prefetch: int = Field(1000, ge=1)

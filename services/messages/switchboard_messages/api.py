@@ -1,0 +1,132 @@
+"""Internal HTTP API for the gateway: chats, membership and history.
+
+Not for clients. The gateway authenticates the caller and passes the user id in
+`X-Switchboard-User`; deploy this port where only gateways reach it.
+"""
+
+from datetime import UTC, datetime
+from typing import Annotated
+from uuid import UUID, uuid4
+
+import asyncpg
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+
+from switchboard_contracts.errors import ErrorCode
+from switchboard_contracts.events import ChatCreated, ChatMemberAdded, ChatMemberRemoved, Event
+from switchboard_contracts.models import AddMember, ChatOut, CreateChat, HistoryPage
+from switchboard_runtime.db import Conn
+from switchboard_runtime.outbox import OutboxWriter
+
+from . import store
+from .domain import ChatState, DomainError, chat_members_for, check_membership_change
+
+__all__ = ["router"]
+
+SOURCE = "messages"
+router = APIRouter(prefix="/internal")
+Caller = Annotated[str, Header(alias="X-Switchboard-User", min_length=1, max_length=128)]
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.runtime.pool
+    return pool
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+
+
+async def _append(conn: Conn, chat_id: UUID, version: int, event: Event) -> None:
+    outbox = OutboxWriter(SOURCE)
+    envelope = outbox.emit(event)
+    await store.append_event(conn, chat_id, version, envelope)
+    await outbox.flush(conn)
+
+
+async def _member_chat(conn: Conn, chat_id: UUID, caller: str, *, lock: bool) -> ChatState:
+    chat = await store.lock_chat(conn, chat_id) if lock else None
+    if lock and chat is None:
+        raise DomainError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
+    if not await store.is_member(conn, chat_id, caller):
+        exists = chat is not None or await conn.fetchval("SELECT true FROM chats WHERE id = $1", chat_id)
+        if not exists:
+            raise DomainError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
+        raise DomainError(ErrorCode.NOT_A_MEMBER, f"you are not a member of chat {chat_id}")
+    return chat or ChatState(chat_id, "", 0, 0)
+
+
+@router.post("/chats", status_code=201)
+async def create_chat(body: CreateChat, caller: Caller, pool: Pool) -> ChatOut:
+    chat = ChatOut(
+        id=uuid4(),
+        type=body.type,
+        title=body.title,
+        members=chat_members_for(caller, body),
+        created_at=datetime.now(UTC),
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await store.insert_chat(conn, chat, caller)
+        event = ChatCreated(
+            chat_id=chat.id,
+            chat_type=chat.type,
+            title=chat.title,
+            members=chat.members,
+            created_by=caller,
+            created_at=chat.created_at,
+        )
+        await _append(conn, chat.id, 1, event)
+    return chat
+
+
+@router.get("/chats")
+async def list_chats(caller: Caller, pool: Pool) -> list[ChatOut]:
+    async with pool.acquire() as conn:
+        return list(await store.chats_of(conn, caller))
+
+
+@router.get("/chats/{chat_id}/messages")
+async def chat_history(
+    chat_id: UUID,
+    caller: Caller,
+    pool: Pool,
+    before_seq: Annotated[int | None, Query(ge=1)] = None,
+    # 200 per page keeps one response under a few MB even at the maximum content length.
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> HistoryPage:
+    async with pool.acquire() as conn:
+        await _member_chat(conn, chat_id, caller, lock=False)
+        page = await store.history(conn, chat_id, before_seq, limit)
+    more = bool(page) and page[0].seq > 1
+    return HistoryPage(messages=page, next_before_seq=page[0].seq if more else None)
+
+
+@router.post("/chats/{chat_id}/members", status_code=201)
+async def add_member(chat_id: UUID, body: AddMember, caller: Caller, pool: Pool) -> ChatOut:
+    async with pool.acquire() as conn, conn.transaction():
+        chat = await _member_chat(conn, chat_id, caller, lock=True)
+        check_membership_change(chat)
+        if await store.insert_member(conn, chat_id, body.user_id):
+            await store.save_chat_state(conn, chat_id, chat.version + 1, chat.last_seq)
+            await _append(
+                conn,
+                chat_id,
+                chat.version + 1,
+                ChatMemberAdded(chat_id=chat_id, user_id=body.user_id, by=caller),
+            )
+        out = await store.chat_out(conn, chat_id)
+    if out is None:  # the chat row is locked above, so this cannot happen short of a bug
+        raise DomainError(ErrorCode.INTERNAL, "chat vanished while adding a member")
+    return out
+
+
+@router.delete("/chats/{chat_id}/members/{user_id}", status_code=204)
+async def remove_member(chat_id: UUID, user_id: str, caller: Caller, pool: Pool) -> Response:
+    async with pool.acquire() as conn, conn.transaction():
+        chat = await _member_chat(conn, chat_id, caller, lock=True)
+        check_membership_change(chat)
+        if not await store.remove_member(conn, chat_id, user_id):
+            raise DomainError(ErrorCode.NOT_A_MEMBER, f"{user_id} is not a member of chat {chat_id}")
+        await store.save_chat_state(conn, chat_id, chat.version + 1, chat.last_seq)
+        await _append(
+            conn, chat_id, chat.version + 1, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller)
+        )
+    return Response(status_code=204)

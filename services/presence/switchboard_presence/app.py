@@ -1,0 +1,64 @@
+"""Wiring of the presence service: sessions in, online/offline out, silent gateways expired."""
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from fastapi import FastAPI
+
+from switchboard_runtime.service import add_health_routes, event_service, run_cli
+
+from .handlers import HANDLERS, expire_silent_gateways
+from .settings import Settings
+
+__all__ = ["create_app", "main"]
+
+SERVICE = "presence"
+MIGRATIONS = Path(__file__).parent / "migrations"
+log = structlog.get_logger()
+
+
+async def expiry_loop(pool: asyncpg.Pool, settings: Settings) -> None:
+    expiry = timedelta(seconds=settings.session_expiry_seconds)
+    while True:
+        await asyncio.sleep(settings.expiry_check_seconds)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                outbox = await expire_silent_gateways(conn, expiry)
+                await outbox.flush(conn)
+        except Exception:
+            # The next pass retries; a database outage only delays expiry.
+            log.exception("session expiry pass failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    def extra(pool: asyncpg.Pool) -> Mapping[str, Coroutine[Any, Any, None]]:
+        return {"session-expiry": expiry_loop(pool, settings)}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with event_service(SERVICE, settings, HANDLERS, extra=extra) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    app = FastAPI(title="Switchboard presence", lifespan=lifespan)
+    add_health_routes(app, lambda: app.state.runtime.ready())
+    return app
+
+
+def main() -> None:
+    settings = Settings()
+    run_cli(
+        service=SERVICE,
+        app_factory=lambda: create_app(settings),
+        settings=settings,
+        port=settings.presence_port,
+        migrations=MIGRATIONS,
+    )

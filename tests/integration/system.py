@@ -1,0 +1,182 @@
+"""A whole Switchboard, started as real processes on free ports, isolated by name.
+
+Each `System` gets its own database and its own broker namespace, so systems (and test runs)
+sharing one RabbitMQ and one PostgreSQL never see each other's messages.
+"""
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+JWT_SECRET = "integration-tests-secret-of-at-least-32-bytes"
+# Services import their whole stack at start; on a busy 2-core machine that takes seconds.
+READY_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Process:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    port: int
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    async def wait_ready(self) -> None:
+        async with httpx.AsyncClient() as client:
+            deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
+            while True:
+                if self.popen is not None and self.popen.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/readyz", timeout=2)).status_code == 200:
+                        return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"{self.name} not ready after {READY_TIMEOUT}s:\n{self.tail()}")
+                await asyncio.sleep(0.2)  # polling /readyz: the process offers no event to await
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.popen is None:
+            return
+        self.send_signal(sig)
+        try:
+            self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class System:
+    amqp_url: str
+    server_database_url: str
+    gateways: int = 2
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    processes: dict[str, Process] = field(default_factory=dict)
+    logdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="switchboard-test-")))
+
+    @property
+    def namespace(self) -> str:
+        return f"sbtest-{self.tag}"
+
+    @property
+    def database_url(self) -> str:
+        parts = urlsplit(self.server_database_url)
+        return urlunsplit(parts._replace(path=f"/sbtest_{self.tag}"))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        env.update(
+            CHAT_AMQP_URL=self.amqp_url,
+            CHAT_DATABASE_URL=self.database_url,
+            CHAT_NAMESPACE=self.namespace,
+            CHAT_JWT_SECRET=JWT_SECRET,
+            CHAT_LOG_LEVEL="INFO",
+        )
+        env.update(extra)
+        return env
+
+    def gateway_url(self, index: int = 0) -> str:
+        return self.processes[f"gateway-{index}"].url
+
+    def ws_url(self, index: int = 0) -> str:
+        return self.gateway_url(index).replace("http://", "ws://") + "/ws"
+
+    async def start(self) -> None:
+        for service in ("messages", "delivery", "presence"):
+            subprocess.run(  # noqa: ASYNC221 - a one-shot migration before anything runs
+                [str(BIN / f"switchboard-{service}"), "migrate"],
+                env=self.env(),
+                check=True,
+                capture_output=True,
+            )
+        ports = {"messages": free_port(), "delivery": free_port(), "presence": free_port()}
+        for service, port in ports.items():
+            self._add(service, service, port, **{f"CHAT_{service.upper()}_PORT": str(port)})
+        for i in range(self.gateways):
+            port = free_port()
+            self._add(
+                f"gateway-{i}",
+                "gateway",
+                port,
+                CHAT_GATEWAY_PORT=str(port),
+                CHAT_MESSAGES_URL=f"http://127.0.0.1:{ports['messages']}",
+            )
+        for process in self.processes.values():
+            process.start()
+        await asyncio.gather(*(p.wait_ready() for p in self.processes.values()))
+
+    def _add(self, name: str, service: str, port: int, **env: str) -> None:
+        self.processes[name] = Process(
+            name, [str(BIN / f"switchboard-{service}")], self.env(**env), port, self.logdir / f"{name}.log"
+        )
+
+    def kill(self, name: str) -> None:
+        """kill -9: no goodbye, no flush, no ack."""
+        self.processes[name].stop(signal.SIGKILL)
+
+    async def restart(self, name: str) -> None:
+        process = self.processes[name]
+        process.start()
+        await process.wait_ready()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{p.tail()}" for name, p in self.processes.items())
+
+    async def stop(self) -> None:
+        for process in self.processes.values():
+            process.stop()
+        await self._remove_broker_objects()
+        admin = urlunsplit(urlsplit(self.server_database_url)._replace(path="/postgres"))
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "sbtest_{self.tag}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    async def _remove_broker_objects(self) -> None:
+        connection = await aio_pika.connect(self.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            for service in ("messages", "delivery", "presence"):
+                for queue in (f"{self.namespace}.{service}", f"{self.namespace}.{service}.dead"):
+                    await channel.queue_delete(queue)
+            for exchange in ("events", "route", "dead-letter"):
+                await channel.exchange_delete(f"{self.namespace}.{exchange}")

@@ -1,0 +1,94 @@
+"""Done-when point 8: kill -9 of messages, then of delivery, while 500 messages are being sent."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from .client import Api, Client, unique
+from .system import System
+
+TOTAL = 500
+
+
+@pytest.fixture
+async def crashing_system(infra_urls: tuple[str, str]) -> AsyncIterator[System]:
+    """A system of its own: this test breaks it on purpose."""
+    system = System(*infra_urls, gateways=2)
+    try:
+        await system.start()
+        yield system
+    finally:
+        await system.stop()
+
+
+def in_order_once(messages: list[dict[str, object]]) -> list[object]:
+    """Seqs as a client that drops ids it has already seen would show them."""
+    seen: set[object] = set()
+    seqs = []
+    for message in messages:
+        if message["id"] not in seen:
+            seen.add(message["id"])
+            seqs.append(message["seq"])
+    return seqs
+
+
+async def test_kill9_messages_then_delivery_loses_and_doubles_nothing(crashing_system: System) -> None:
+    system = crashing_system
+    a, b, c = unique("a"), unique("b"), unique("c")
+    api = Api(system, a)
+    group = await api.create_chat([b, c])
+    direct = await api.create_chat([b], kind="direct")
+    alice = await Client.connect(system.ws_url(0), a)
+    bob = await Client.connect(system.ws_url(0), b)
+    carol = await Client.connect(system.ws_url(1), c)
+    clients = (alice, bob, carol)
+    try:
+        for client in clients:
+            await client.next("queue_flushed")
+
+        async def send_all() -> None:
+            for i in range(TOTAL):
+                await alice.send_message(group if i % 2 else direct, f"m{i}", temp_id=f"t{i}")
+                # An open-loop pace of about 200 msg/s, so the kills land mid-stream.
+                await asyncio.sleep(0.005)
+
+        sender = asyncio.create_task(send_all())
+        await alice.wait(lambda _: len(alice.of("message_sent")) >= 100, timeout=60)
+        system.kill("messages")
+        await system.restart("messages")
+        await alice.wait(lambda _: len(alice.of("message_sent")) >= 300, timeout=60)
+        system.kill("delivery")
+        await system.restart("delivery")
+        await sender
+
+        await alice.wait(lambda _: len({s["tempId"] for s in alice.of("message_sent")}) == TOTAL, timeout=120)
+        sent = {s["tempId"]: s["message"] for s in alice.of("message_sent")}
+        half = TOTAL // 2
+        await bob.wait_messages(TOTAL, timeout=120)
+        await carol.wait_messages(half, timeout=120)
+
+        assert {m["id"] for m in bob.messages()} == {m["id"] for m in sent.values()}
+        assert {m["id"] for m in carol.messages()} == {
+            m["id"] for m in sent.values() if m["chat_id"] == group
+        }
+        for client in (bob, carol):
+            for chat in (group, direct):
+                seqs = in_order_once(client.messages(chat))
+                assert seqs == sorted(seqs), f"{client.user_id} saw chat {chat} out of order"
+                assert seqs == list(range(1, len(seqs) + 1))
+        for chat in (group, direct):
+            stored: list[dict[str, object]] = []
+            before: int | None = None
+            while True:
+                params = {"limit": 200, **({"before_seq": before} if before else {})}
+                page = (await api.history(chat, **params)).json()
+                stored = page["messages"] + stored
+                if (before := page["next_before_seq"]) is None:
+                    break
+            assert [m["seq"] for m in stored] == list(range(1, half + 1))
+            assert len({m["content"] for m in stored}) == half, "a message was stored twice"
+    finally:
+        for client in clients:
+            await client.close()
+        await api.aclose()

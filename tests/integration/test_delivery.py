@@ -1,0 +1,117 @@
+"""Personal-route delivery: the issue's done-when points 1 to 6, over the real protocol."""
+
+import asyncio
+
+from .client import unique
+from .conftest import Connector
+
+
+async def test_online_recipient_gets_message_without_opening_chat(connect: Connector) -> None:
+    a, b = unique("a"), unique("b")
+    chat = await connect.api(a).create_chat([b], kind="direct")
+    alice, bob = await connect(a), await connect(b)
+    await bob.next("queue_flushed")
+
+    temp_id = await alice.send_message(chat, "hello")
+
+    received = await bob.next("new_message")
+    sent = await alice.next("message_sent")
+    info = await alice.next("message_delivery_info")
+    assert sent["tempId"] == temp_id
+    assert received == sent["message"]
+    assert received["content"] == "hello" and received["seq"] == 1 and received["sender_id"] == a
+    assert info == {"message_id": received["id"], "delivered": 1, "queued": 0, "total": 1}
+    assert alice.messages() == []  # the sending session does not get its own new_message
+
+
+async def test_member_of_fifty_chats_receives_from_all(connect: Connector) -> None:
+    b = unique("b")
+    senders = [unique(f"s{i}") for i in range(50)]
+    chats = await asyncio.gather(*(connect.api(s).create_chat([b], kind="direct") for s in senders))
+    bob = await connect(b)
+    await bob.next("queue_flushed")
+    clients = await asyncio.gather(*(connect(s, gateway=i % 2) for i, s in enumerate(senders)))
+
+    for client, chat in zip(clients, chats, strict=True):
+        await client.send_message(chat, f"hi from {chat}")
+
+    messages = await bob.wait_messages(50)
+    assert {m["chat_id"] for m in messages} == set(chats)
+    assert bob.of("chat_joined") == []  # nothing was joined
+
+
+async def test_offline_recipient_gets_queue_in_order_then_nothing_after_ack(connect: Connector) -> None:
+    a, b = unique("a"), unique("b")
+    chat = await connect.api(a).create_chat([b], kind="direct")
+    alice = await connect(a)
+
+    for i in range(100):
+        await alice.send_message(chat, f"m{i}")
+    await alice.wait(lambda _: len(alice.of("message_delivery_info")) == 100)
+    assert all(info["queued"] == 1 and info["delivered"] == 0 for info in alice.of("message_delivery_info"))
+
+    bob = await connect(b)
+    flushed = await bob.next("queue_flushed")
+    got = bob.messages(chat)
+    assert flushed == {"count": 100}
+    assert [m["seq"] for m in got] == list(range(1, 101))
+    assert [m["content"] for m in got] == [f"m{i}" for i in range(100)]
+    assert len({m["id"] for m in got}) == 100
+
+    await bob.send("message_received", {"message_ids": [m["id"] for m in got]})
+    await bob.close()
+    again = await connect(b)
+    assert await again.next("queue_flushed") == {"count": 0}
+    assert again.messages() == []
+
+
+async def test_users_on_different_gateways_exchange_messages(connect: Connector) -> None:
+    a, b = unique("a"), unique("b")
+    chat = await connect.api(a).create_chat([b], kind="direct")
+    alice, bob = await connect(a, gateway=0), await connect(b, gateway=1)
+    await bob.next("queue_flushed")
+    await alice.next("queue_flushed")
+
+    await alice.send_message(chat, "from gateway 0")
+    assert (await bob.next("new_message"))["content"] == "from gateway 0"
+    await bob.send_message(chat, "from gateway 1")
+    assert (await alice.next("new_message"))["content"] == "from gateway 1"
+
+
+async def test_every_session_of_a_user_gets_every_message(connect: Connector) -> None:
+    a, b = unique("a"), unique("b")
+    chat = await connect.api(a).create_chat([b], kind="direct")
+    phone, laptop = await connect(b, gateway=0), await connect(b, gateway=1)
+    alice, alice_tablet = await connect(a, gateway=0), await connect(a, gateway=1)
+    for client in (phone, laptop, alice, alice_tablet):
+        await client.next("queue_flushed")
+
+    for i in range(20):
+        await alice.send_message(chat, f"m{i}")
+
+    expected = [f"m{i}" for i in range(20)]
+    for device in (phone, laptop, alice_tablet):
+        got = await device.wait_messages(20)
+        assert [m["content"] for m in got] == expected
+    assert (await alice.next("message_delivery_info"))["delivered"] == 1
+    assert alice.messages() == []
+
+
+async def test_same_temp_id_stores_once_and_delivers_once(connect: Connector) -> None:
+    a, b = unique("a"), unique("b")
+    api = connect.api(a)
+    chat = await api.create_chat([b], kind="direct")
+    alice, bob = await connect(a), await connect(b)
+    await bob.next("queue_flushed")
+
+    await alice.send_message(chat, "once", temp_id="same")
+    first = await alice.next("message_sent")
+    await alice.send_message(chat, "once", temp_id="same")
+    second = await alice.next("message_sent")
+    await alice.send_message(chat, "marker")
+    await bob.wait(lambda _: any(m["content"] == "marker" for m in bob.messages()))
+
+    assert first == second
+    assert [m["content"] for m in bob.messages()] == ["once", "marker"]
+    history = (await api.history(chat)).json()["messages"]
+    assert [m["content"] for m in history] == ["once", "marker"]

@@ -19,6 +19,7 @@ from switchboard_runtime.service import Runtime, add_health_routes, cancel_all, 
 from .auth import Verifier
 from .context import Gateway
 from .http_api import router
+from .metrics import SESSIONS
 from .routes import RouteConsumer
 from .sessions import Registry
 from .settings import Settings
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await queue.bind(topology.route_exchange, Topology.gateway_key(gateway_id))
         registry = Registry(queue, topology)
+        SESSIONS.set_function(lambda: len(registry.sessions))
         gateway = Gateway(gateway_id, settings, bus, registry, verifier)
         await queue.consume(RouteConsumer(registry))
         runtime = Runtime(bus=bus)

@@ -16,6 +16,7 @@ from switchboard_contracts.wire import ClientFrame, UserAuthenticated, encode_fr
 from .auth import AuthError
 from .context import Gateway
 from .handlers import FRAME_HANDLERS
+from .metrics import FRAMES
 from .sessions import Session
 
 __all__ = ["websocket_endpoint"]
@@ -147,6 +148,7 @@ async def _read(gateway: Gateway, ws: WebSocket) -> ClientFrame | bytes:
 
 async def _dispatch(gateway: Gateway, session: Session, frame: ClientFrame) -> None:
     handler = FRAME_HANDLERS.get(frame.event)
+    FRAMES.labels(frame.event if handler else "unknown").inc()
     if handler is None:
         reason = (
             "already authenticated"

@@ -25,6 +25,9 @@ log = structlog.get_logger()
 
 async def expiry_loop(pool: asyncpg.Pool, settings: Settings) -> None:
     expiry = timedelta(seconds=settings.session_expiry_seconds)
+    # After a restart the heartbeats that arrived meanwhile are still queued; judging gateways
+    # before one expiry period has passed would take live ones for dead.
+    await asyncio.sleep(settings.session_expiry_seconds)
     while True:
         await asyncio.sleep(settings.expiry_check_seconds)
         try:

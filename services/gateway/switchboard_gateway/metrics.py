@@ -1,0 +1,8 @@
+"""Gateway metrics (prometheus-client); labels are closed sets, never user or chat ids."""
+
+from prometheus_client import Counter, Gauge
+
+__all__ = ["FRAMES", "SESSIONS"]
+
+SESSIONS = Gauge("switchboard_gateway_sessions", "Authenticated sessions held by this gateway")
+FRAMES = Counter("switchboard_gateway_frames_total", "Client frames received, by event", ["event"])

@@ -2,6 +2,9 @@
 
 import asyncio
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from .client import unique
 from .conftest import Connector
 
@@ -115,3 +118,16 @@ async def test_same_temp_id_stores_once_and_delivers_once(connect: Connector) ->
     assert [m["content"] for m in bob.messages()] == ["once", "marker"]
     history = (await api.history(chat)).json()["messages"]
     assert [m["content"] for m in history] == ["once", "marker"]
+
+
+async def test_health_and_metrics_endpoints(connect: Connector) -> None:
+    user = unique("metrics")
+    await connect(user)
+    system = connect.system
+    async with httpx.AsyncClient() as http:
+        for process in system.processes.values():
+            assert (await http.get(f"{process.url}/healthz")).json() == {"status": "ok"}
+            assert (await http.get(f"{process.url}/readyz")).json() == {"status": "ready"}
+        text = (await http.get(f"{system.gateway_url(0)}/metrics")).text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["switchboard_gateway_sessions"].samples[0].value >= 1

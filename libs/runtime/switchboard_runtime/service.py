@@ -14,7 +14,7 @@ import asyncpg
 import structlog
 import uvicorn
 from fastapi import FastAPI, Response
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from switchboard_contracts.events import Event
 from switchboard_contracts.topology import Topology
@@ -85,7 +85,9 @@ def add_health_routes(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> Non
         response.status_code = 503
         return {"status": "not ready"}
 
-    app.mount("/metrics", make_asgi_app())
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @asynccontextmanager

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +19,9 @@ def broker_url() -> Iterator[str]:
         yield url
         return
     try:
-        from testcontainers.rabbitmq import RabbitMqContainer
+        # testcontainers warns about its own deprecated internals; not ours to fix.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from testcontainers.community.rabbitmq import RabbitMqContainer
 
         with RabbitMqContainer("rabbitmq:3.13-management") as rabbit:
             host, port = rabbit.get_container_host_ip(), rabbit.get_exposed_port(5672)
@@ -33,7 +36,8 @@ def database_url() -> Iterator[str]:
         yield url
         return
     try:
-        from testcontainers.postgres import PostgresContainer
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from testcontainers.community.postgres import PostgresContainer
 
         with PostgresContainer("postgres:15", driver=None) as postgres:
             yield postgres.get_connection_url()

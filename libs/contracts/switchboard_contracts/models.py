@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "AddMember",
@@ -15,10 +15,24 @@ __all__ = [
     "HistoryPage",
     "MessageOut",
     "UserId",
+    "check_user_id",
 ]
 
-# User ids come from the JWT `sub` claim; the bound keeps routing keys and rows small.
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# User ids come from the JWT `sub` claim. Each becomes a routing key `user.<id>`, and AMQP
+# routing keys are at most 255 bytes: 128 characters and 200 UTF-8 bytes leave room.
+MAX_USER_ID_CHARS = 128
+MAX_USER_ID_BYTES = 200
+
+
+def check_user_id(value: str) -> str:
+    if not value or len(value) > MAX_USER_ID_CHARS or len(value.encode()) > MAX_USER_ID_BYTES:
+        raise ValueError(
+            f"a user id is 1 to {MAX_USER_ID_CHARS} characters and at most {MAX_USER_ID_BYTES} bytes of UTF-8"
+        )
+    return value
+
+
+UserId = Annotated[str, AfterValidator(check_user_id)]
 ChatType = Literal["direct", "group"]
 
 

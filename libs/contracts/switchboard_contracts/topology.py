@@ -15,7 +15,36 @@ broker never see each other's traffic:
 
 from dataclasses import dataclass
 
-__all__ = ["Headers", "Topology"]
+from .events import (
+    ChatCreated,
+    ChatMemberAdded,
+    ChatMemberRemoved,
+    DeliveryAcked,
+    GatewayHeartbeat,
+    MessageSent,
+    MessageStored,
+    SessionClosed,
+    SessionOpened,
+    SessionRegistered,
+)
+
+__all__ = ["SUBSCRIPTIONS", "Headers", "Topology"]
+
+# Which event types each service's queue receives. Every service declares every queue in this
+# table when it connects, so an event published before its consumer ever started (a fresh
+# broker, services starting in any order) waits in the queue instead of being dropped.
+SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "messages": (MessageSent.TYPE,),
+    "delivery": (
+        ChatCreated.TYPE,
+        ChatMemberAdded.TYPE,
+        ChatMemberRemoved.TYPE,
+        MessageStored.TYPE,
+        DeliveryAcked.TYPE,
+        SessionRegistered.TYPE,
+    ),
+    "presence": (SessionOpened.TYPE, SessionClosed.TYPE, GatewayHeartbeat.TYPE),
+}
 
 
 class Headers:

@@ -6,7 +6,7 @@ Every frame is a JSON text `{"event": "<name>", "data": {...}}` (docs/protocol.m
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 from pydantic_core import to_json
 
 from .errors import ErrorCode
@@ -24,7 +24,8 @@ __all__ = [
 ]
 
 # tempIds are client-chosen; 128 characters fits any UUID, ULID or timestamp-based scheme.
-TempId = Annotated[str, StringConstraints(min_length=1, max_length=128)] | int
+# Strict: `true` is not tempId 1. Note that 5 and "5" are the same tempId for de-duplication.
+TempId = Annotated[str, StringConstraints(min_length=1, max_length=128)] | StrictInt
 
 
 class ClientFrame(BaseModel):
@@ -43,9 +44,9 @@ class SendMessage(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     chat_id: UUID
-    # Length is checked against the configured limit by the gateway, so it can answer
+    # The upper bound is checked against the configured limit by the gateway, so it can answer
     # `content_too_long` rather than a generic `bad_request`.
-    content: str
+    content: Annotated[str, StringConstraints(min_length=1)]
     message_type: Annotated[str, StringConstraints(min_length=1, max_length=32)] = "text"
     reply_to: UUID | None = None
     temp_id: TempId = Field(alias="tempId")

@@ -6,17 +6,29 @@ from typing import Any
 import aio_pika
 import aiormq
 import structlog
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 from pamqp.commands import Basic
 
 from switchboard_contracts.events import Envelope
-from switchboard_contracts.topology import Topology
+from switchboard_contracts.topology import SUBSCRIPTIONS, Topology
 
 from .retry import connect_retrying
 
-__all__ = ["Bus", "encode_envelope"]
+__all__ = ["DELIVERY_LIMIT", "Bus", "declare_service_queue", "encode_envelope"]
 
 log = structlog.get_logger()
+
+# A message that kills its consumer before it can be acked comes back on every restart; quorum
+# queues count redeliveries and dead-letter it past this limit instead of crash-looping. 20 is
+# RabbitMQ 4's default: high enough that a few broker or consumer restarts mid-batch do not
+# dead-letter healthy events.
+DELIVERY_LIMIT = 20
 
 # What a broker restart or an unreachable broker raises while connecting.
 CONNECT_ERRORS = (ConnectionError, OSError, aiormq.exceptions.AMQPConnectionError)
@@ -24,6 +36,31 @@ CONNECT_ERRORS = (ConnectionError, OSError, aiormq.exceptions.AMQPConnectionErro
 
 def encode_envelope(envelope: Envelope) -> bytes:
     return envelope.model_dump_json().encode()
+
+
+async def declare_service_queue(channel: AbstractChannel, topology: Topology, service: str) -> AbstractQueue:
+    """A service's durable quorum queue, its dead-letter queue and its bindings (idempotent)."""
+    dead = await channel.declare_queue(
+        topology.dead_letter_queue(service), durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead.bind(topology.dead_letter_exchange, routing_key=service)
+    queue = await channel.declare_queue(
+        topology.service_queue(service),
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": topology.dead_letter_exchange,
+            "x-dead-letter-routing-key": service,
+            # One consumer at a time, the others on standby: a second instance of a service
+            # takes over when the first dies instead of splitting the queue, which would break
+            # per-chat order.
+            "x-single-active-consumer": True,
+        },
+    )
+    for event_type in SUBSCRIPTIONS[service]:
+        await queue.bind(topology.events_exchange, routing_key=event_type)
+    return queue
 
 
 class Bus:
@@ -76,6 +113,8 @@ class Bus:
                 topo.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
             ),
         }
+        for service in SUBSCRIPTIONS:
+            await declare_service_queue(channel, topo, service)
 
     def exchange(self, name: str) -> AbstractExchange:
         return self._exchanges[name]

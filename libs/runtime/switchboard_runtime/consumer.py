@@ -28,11 +28,12 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from switchboard_contracts.events import Envelope, Event
+from switchboard_contracts.topology import SUBSCRIPTIONS
 
-from .amqp import Bus
+from .amqp import Bus, declare_service_queue
 from .db import Conn
 from .outbox import OutboxWriter
 
@@ -50,9 +51,9 @@ BATCH_SIZE = Histogram(
     "switchboard_batch_size", "Events per batch", ["service"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500)
 )
 
-# A message that kills the process before it can be acked comes back on every restart; quorum
-# queues count those redeliveries and dead-letter it past this limit instead of crash-looping.
-DELIVERY_LIMIT = 10
+# After-commit work (publishes) is retried in place this long before the batch goes back to the
+# queue: a requeue counts towards the delivery limit, a short broker blip should not.
+AFTER_COMMIT_RETRY_SECONDS = 30.0
 
 # Errors that mean "a dependency is down", not "this event is bad".
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -110,29 +111,17 @@ class EventConsumer:
         self._queue: AbstractQueue | None = None
 
     async def declare(self) -> AbstractQueue:
-        """Declare this service's queue, its dead-letter queue and the bindings; idempotent."""
-        topo = self.bus.topology
+        """Open this consumer's channel and queue; refuse handlers the topology does not route."""
+        unrouted = set(self.handlers) - set(SUBSCRIPTIONS[self.service])
+        if unrouted:
+            raise RuntimeError(
+                f"{self.service} handles {sorted(unrouted)} but SUBSCRIPTIONS does not route them"
+            )
         channel = await self.bus.connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
         self._channel = channel
-        dead = await channel.declare_queue(
-            topo.dead_letter_queue(self.service), durable=True, arguments={"x-queue-type": "quorum"}
-        )
-        await dead.bind(topo.dead_letter_exchange, routing_key=self.service)
-        queue = await channel.declare_queue(
-            topo.service_queue(self.service),
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-delivery-limit": DELIVERY_LIMIT,
-                "x-dead-letter-exchange": topo.dead_letter_exchange,
-                "x-dead-letter-routing-key": self.service,
-            },
-        )
-        for event_type in self.handlers:
-            await queue.bind(topo.events_exchange, routing_key=event_type)
-        self._queue = queue
-        return queue
+        self._queue = await declare_service_queue(channel, self.bus.topology, self.service)
+        return self._queue
 
     async def run(self) -> None:
         queue = self._queue or await self.declare()
@@ -161,7 +150,7 @@ class EventConsumer:
         items = [self._parse(message) for message in messages]
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TRANSIENT_ERRORS),
-            wait=wait_exponential_jitter(initial=0.2, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
             before_sleep=lambda state: log.warning(
                 "batch not committed; retrying",
                 error=repr(state.outcome.exception() if state.outcome else None),
@@ -171,17 +160,22 @@ class EventConsumer:
         async for attempt in retrying:
             with attempt:
                 await self._commit(items)
+        actions = [
+            action
+            for item in items
+            if item.ctx is not None and not item.failed
+            for action in item.ctx.after_commit
+        ]
         try:
-            # Started in batch order, so their publishes reach the channel in that order (its
-            # lock is FIFO) while all their confirms are awaited together.
-            await asyncio.gather(
-                *(
-                    action()
-                    for item in items
-                    if item.ctx is not None and not item.failed
-                    for action in item.ctx.after_commit
-                )
-            )
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+                stop=stop_after_delay(AFTER_COMMIT_RETRY_SECONDS),
+                reraise=True,
+            ):
+                with attempt:
+                    # Started in batch order, so their publishes reach the channel in that order
+                    # (its lock is FIFO) while all their confirms are awaited together.
+                    await asyncio.gather(*(action() for action in actions))
         except Exception:
             # The state is committed; redelivery re-runs the after-commit work as a duplicate.
             log.exception("after-commit work failed; batch goes back to the queue")

@@ -22,7 +22,7 @@ def connect_retrying(
 
     return AsyncRetrying(
         retry=retry_if_exception_type(errors),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
         stop=stop_after_delay(timeout),
         before_sleep=before_sleep,
         reraise=True,

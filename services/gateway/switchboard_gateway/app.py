@@ -20,8 +20,8 @@ from .auth import Verifier
 from .context import Gateway
 from .http_api import router
 from .metrics import SESSIONS
+from .registry import Registry
 from .routes import RouteConsumer
-from .sessions import Registry
 from .settings import Settings
 from .ws import websocket_endpoint
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         SESSIONS.set_function(lambda: len(registry.sessions))
         gateway = Gateway(gateway_id, settings, bus, registry, verifier)
         await queue.consume(RouteConsumer(registry))
+        bus.connection.reconnect_callbacks.add(gateway.resync)
         runtime = Runtime(bus=bus)
         spawn(heartbeat(gateway), runtime.tasks, "heartbeat")
         app.state.gateway = gateway

@@ -2,14 +2,19 @@
 
 from dataclasses import dataclass
 
-from switchboard_contracts.events import Envelope, Event, Origin
+import structlog
+
+from switchboard_contracts.events import Envelope, Event, Origin, SessionOpened
 from switchboard_runtime.amqp import Bus
 
 from .auth import Verifier
-from .sessions import Registry, Session
+from .registry import Registry
+from .sessions import Session
 from .settings import Settings
 
 __all__ = ["Gateway"]
+
+log = structlog.get_logger()
 
 
 @dataclass
@@ -22,6 +27,24 @@ class Gateway:
 
     def origin(self, session: Session) -> Origin:
         return Origin(gateway_id=self.id, session_id=session.id)
+
+    def session_opened(self, session: Session) -> SessionOpened:
+        return SessionOpened(
+            session_id=session.id, user_id=session.user_id, gateway_id=self.id, device_id=session.device_id
+        )
+
+    async def resync(self, *_: object) -> None:
+        """The broker connection came back: flush every session again.
+
+        While it was down, delivery found no route for these users and kept their messages
+        pending; re-announcing each session makes delivery send them (in order, behind a new
+        catch-up). Presence ignores a session it already knows.
+        """
+        sessions = list(self.registry.sessions.values())
+        log.info("broker connection restored; flushing sessions again", sessions=len(sessions))
+        for session in sessions:
+            session.begin_catch_up()
+            await self.publish(self.session_opened(session))
 
     async def publish(self, event: Event) -> None:
         await self.bus.publish_event(Envelope.wrap(event, source=f"gateway/{self.id}"))

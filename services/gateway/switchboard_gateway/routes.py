@@ -4,7 +4,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from switchboard_contracts.topology import Headers
 
-from .sessions import Registry
+from .registry import Registry
 
 __all__ = ["RouteConsumer"]
 

@@ -1,4 +1,4 @@
-"""Sessions held by this gateway, and the per-user routes that bring their messages here.
+"""One client session: a bounded send buffer, its writer task, and catch-up ordering.
 
 Each session has a bounded buffer drained by its own writer task, so a slow socket never stalls
 the route consumer or other sessions. A session starts "catching up": live messages for its
@@ -9,19 +9,16 @@ messages arrive while its backlog is in flight.
 
 import asyncio
 import contextlib
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
 
 import structlog
-from aio_pika.abc import AbstractQueue
 
 from switchboard_contracts.errors import ErrorCode
-from switchboard_contracts.topology import Topology
 
-__all__ = ["Registry", "Session"]
+__all__ = ["CLOSE_SLOW_CONSUMER", "Session"]
 
 log = structlog.get_logger()
 
@@ -31,40 +28,52 @@ CLOSE_SLOW_CONSUMER = 1013
 Send = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Coroutine[Any, Any, None]]
 
+_closing: set[asyncio.Task[None]] = set()
+
 
 @dataclass(eq=False)
 class Session:
     user_id: str
     send: Send
     close: Close
+    # Frames waiting for the socket; one bound of the buffer.
     buffer_limit: int
+    # Bytes waiting for the socket, the other bound: ten thousand 64 KB messages must not fit.
+    buffer_bytes_limit: int = 16 * 1024 * 1024
+    # How long live messages wait behind a queue flush before they are sent anyway.
+    flush_timeout: float = 30.0
     device_id: str | None = None
     id: str = field(default_factory=lambda: f"s-{uuid4().hex}")
     catching_up: bool = True
+    closed: bool = False
     _held: list[tuple[str | None, bytes]] = field(default_factory=list)
     _flushed: set[str] = field(default_factory=set)
     _buffer: asyncio.Queue[bytes | None] = field(init=False)
+    _buffered_bytes: int = 0
     _writer: asyncio.Task[None] | None = None
-    closed: bool = False
+    _flush_timer: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         self._buffer = asyncio.Queue(self.buffer_limit)
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+        self.begin_catch_up()
 
     async def _write_loop(self) -> None:
         while (frame := await self._buffer.get()) is not None:
+            self._buffered_bytes -= len(frame)
             await self.send(frame.decode())
 
     def push(self, frame: bytes) -> None:
         """Queue a frame for the socket; a client that lets the buffer fill is dropped."""
         if self.closed:
             return
-        try:
-            self._buffer.put_nowait(frame)
-        except asyncio.QueueFull:
+        if self._buffered_bytes + len(frame) > self.buffer_bytes_limit or self._buffer.full():
             self._drop()
+            return
+        self._buffer.put_nowait(frame)
+        self._buffered_bytes += len(frame)
 
     def _drop(self) -> None:
         if self.closed:
@@ -72,8 +81,8 @@ class Session:
         log.warning("slow consumer dropped", session_id=self.id, user_id=self.user_id)
         self.closed = True
         task = asyncio.create_task(self.close(CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
 
     def deliver(self, kind: str, frame: bytes, message_id: str | None) -> None:
         if kind == "live" and self.catching_up:
@@ -91,7 +100,18 @@ class Session:
         else:
             self.push(frame)
 
+    def begin_catch_up(self) -> None:
+        """Hold live messages until delivery's flush for this session ends (or the timeout)."""
+        self.catching_up = True
+        self._flushed = set()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self._flush_timer = asyncio.get_running_loop().call_later(self.flush_timeout, self.end_catch_up)
+
     def end_catch_up(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if not self.catching_up:
             return
         self.catching_up = False
@@ -102,63 +122,12 @@ class Session:
                 self.push(frame)
 
     async def stop(self) -> None:
-        """Let the writer finish what is buffered (bounded by the caller's timeout), then end it."""
+        """End the writer; what it had not sent is still pending in delivery."""
         self.closed = True
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
         if self._writer is None:
             return
-        with contextlib.suppress(asyncio.QueueFull):
-            self._buffer.put_nowait(None)
-        if not self._writer.done():
-            self._writer.cancel()
+        self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._writer
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-class Registry:
-    """Who is connected here, and which `user.<id>` routes this gateway's queue is bound to."""
-
-    def __init__(self, queue: AbstractQueue, topology: Topology) -> None:
-        self.queue = queue
-        self.topology = topology
-        self.sessions: dict[str, Session] = {}
-        self.by_user: dict[str, set[Session]] = defaultdict(set)
-        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-
-    async def attach(self, session: Session) -> None:
-        """Bind the user's route (first session here) before the session counts as connected."""
-        async with self._locks[session.user_id]:
-            if not self.by_user.get(session.user_id):
-                await self.queue.bind(self.topology.route_exchange, Topology.user_key(session.user_id))
-            self.by_user[session.user_id].add(session)
-            self.sessions[session.id] = session
-
-    async def detach(self, session: Session) -> None:
-        lock = self._locks[session.user_id]
-        async with lock:
-            self.sessions.pop(session.id, None)
-            users = self.by_user.get(session.user_id)
-            if users is not None:
-                users.discard(session)
-                if not users:
-                    del self.by_user[session.user_id]
-                    with contextlib.suppress(Exception):
-                        await self.queue.unbind(
-                            self.topology.route_exchange, Topology.user_key(session.user_id)
-                        )
-        if not lock.locked() and session.user_id not in self.by_user:
-            self._locks.pop(session.user_id, None)
-
-    def to_session(self, session_id: str, kind: str, frame: bytes, message_id: str | None) -> None:
-        session = self.sessions.get(session_id)
-        if session is not None:
-            session.deliver(kind, frame, message_id)
-
-    def to_user(
-        self, user_id: str, except_session: str | None, kind: str, frame: bytes, message_id: str | None
-    ) -> None:
-        for session in self.by_user.get(user_id, ()):
-            if session.id != except_session:
-                session.deliver(kind, frame, message_id)

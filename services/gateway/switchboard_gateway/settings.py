@@ -13,16 +13,19 @@ class Settings(CommonSettings):
     jwt_public_key: str | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    jwt_leeway_seconds: float = Field(30.0, ge=0, le=300)
     # The internal API of the messages service (chats, membership, history).
     messages_url: str = "http://127.0.0.1:8001"
     max_frame_bytes: int = Field(1024 * 1024, ge=1024)
     max_content_chars: int = Field(65_536, ge=1)
     # A client that opens a socket must authenticate within this time or be closed (4401).
     auth_timeout_seconds: float = Field(10.0, gt=0)
-    # Frames waiting to be written to one socket. 1,000 covers a flushed backlog page arriving
-    # faster than a phone reads; past it the client is too slow, is dropped with 1013 and
-    # catches up from its queue on reconnect, so one stuck client cannot grow the gateway.
-    send_buffer_frames: int = Field(1000, ge=10)
+    # Frames and bytes waiting to be written to one socket. A whole queue flush lands here at
+    # once (10,000 small messages, or 16 MiB); past either bound the client is too slow, is
+    # dropped with 1013 and catches up from its queue on reconnect, so one stuck client cannot
+    # grow the gateway without bound.
+    send_buffer_frames: int = Field(10_000, ge=10)
+    send_buffer_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
     # How long live messages wait behind a session's queue flush before being sent anyway.
     flush_timeout_seconds: float = Field(30.0, gt=0)
     # Presence expires a gateway's sessions after about three missed beats.

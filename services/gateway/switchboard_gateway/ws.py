@@ -10,7 +10,7 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketState
 
 from switchboard_contracts.errors import WS_CLOSE_FRAME_TOO_LARGE, WS_CLOSE_INVALID_TOKEN, ErrorCode
-from switchboard_contracts.events import SessionClosed, SessionOpened
+from switchboard_contracts.events import SessionClosed
 from switchboard_contracts.wire import ClientFrame, UserAuthenticated, encode_frame, error_frame
 
 from .auth import AuthError
@@ -39,16 +39,24 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             send=ws.send_text,
             close=lambda code, reason: _close(ws, code, reason),
             buffer_limit=gateway.settings.send_buffer_frames,
+            buffer_bytes_limit=gateway.settings.send_buffer_bytes,
+            flush_timeout=gateway.settings.flush_timeout_seconds,
             device_id=device_id,
         )
-        await gateway.registry.attach(session)
+        try:
+            await gateway.registry.attach(session)
+        except Exception:
+            log.exception("binding the user's route failed", user_id=user_id)
+            with contextlib.suppress(Exception):
+                await ws.send_text(
+                    error_frame(ErrorCode.INTERNAL, "could not connect you; reconnect").decode()
+                )
+            await _close(ws, 1011, ErrorCode.INTERNAL.value)
+            session = None
+            raise Closed from None
         session.start()
         session.push(encode_frame("authenticated", {"user_id": user_id, "session_id": session.id}))
-        await gateway.publish(
-            SessionOpened(session_id=session.id, user_id=user_id, gateway_id=gateway.id, device_id=device_id)
-        )
-        # Live messages wait behind the queue flush, but never longer than this.
-        asyncio.get_running_loop().call_later(gateway.settings.flush_timeout_seconds, session.end_catch_up)
+        await gateway.publish(gateway.session_opened(session))
         while True:
             frame = await _read(gateway, ws)
             if isinstance(frame, bytes):

@@ -27,16 +27,23 @@ def test_a_good_token_names_its_user() -> None:
     "token",
     [
         "ann",  # a bare user id, as the Socket.IO guide's clients send
-        _hs({"sub": "ann", "exp": int(time.time()) - 1}),
+        _hs({"sub": "ann", "exp": int(time.time()) - 120}),  # expired beyond the 30 s leeway
         _hs({"sub": "ann"}),
         _hs({"exp": int(time.time()) + 60}),
         _hs({"sub": "ann", "exp": int(time.time()) + 60}, "another-secret-that-is-32-bytes-long"),
-        _hs({"sub": "x" * 201, "exp": int(time.time()) + 60}),
+        _hs({"sub": "x" * 129, "exp": int(time.time()) + 60}),
+        _hs({"sub": "é" * 101, "exp": int(time.time()) + 60}),  # 101 characters but 202 bytes
     ],
 )
 def test_bad_tokens_are_refused(token: str) -> None:
     with pytest.raises(AuthError):
         Verifier(SECRET, "HS256", None, None).user_id(token)
+
+
+def test_a_small_clock_difference_is_tolerated() -> None:
+    verifier = Verifier(SECRET, "HS256", None, None, leeway=30)
+    issued_ahead = _hs({"sub": "ann", "exp": int(time.time()) + 60, "iat": int(time.time()) + 10})
+    assert verifier.user_id(issued_ahead) == "ann"
 
 
 def test_audience_and_issuer_are_checked_when_configured() -> None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from switchboard_contracts.errors import ErrorCode
 from switchboard_contracts.events import ChatCreated, ChatMemberAdded, ChatMemberRemoved, Event
-from switchboard_contracts.models import AddMember, ChatOut, CreateChat, HistoryPage
+from switchboard_contracts.models import AddMember, ChatOut, CreateChat, HistoryPage, UserId
 from switchboard_runtime.db import Conn
 from switchboard_runtime.outbox import OutboxWriter
 
@@ -24,7 +24,7 @@ __all__ = ["router"]
 
 SOURCE = "messages"
 router = APIRouter(prefix="/internal")
-Caller = Annotated[str, Header(alias="X-Switchboard-User", min_length=1, max_length=128)]
+Caller = Annotated[UserId, Header(alias="X-Switchboard-User")]
 
 
 def _pool(request: Request) -> asyncpg.Pool:

@@ -32,9 +32,12 @@ log = structlog.get_logger()
 async def on_session_opened(event: SessionOpened, ctx: HandlerContext) -> None:
     if ctx.duplicate:
         return
-    await store.beat(ctx.conn, event.gateway_id, ctx.envelope.time)
-    await store.add_session(ctx.conn, event.session_id, event.user_id, event.gateway_id, event.device_id)
-    first = await store.session_count(ctx.conn, event.user_id) == 1
+    await store.beat(ctx.conn, event.gateway_id, datetime.now(UTC))
+    # A gateway re-announces its sessions after a broker outage; a known one is not "new online".
+    added = await store.add_session(
+        ctx.conn, event.session_id, event.user_id, event.gateway_id, event.device_id
+    )
+    first = added and await store.session_count(ctx.conn, event.user_id) == 1
     if first:
         ctx.outbox.emit(
             UserWentOnline(user_id=event.user_id, session_id=event.session_id, gateway_id=event.gateway_id)
@@ -58,7 +61,8 @@ async def on_session_closed(event: SessionClosed, ctx: HandlerContext) -> None:
 
 
 async def on_heartbeat(event: GatewayHeartbeat, ctx: HandlerContext) -> None:
-    await store.beat(ctx.conn, event.gateway_id, ctx.envelope.time)
+    # Presence's own clock, the one expiry compares with; a gateway's clock may differ.
+    await store.beat(ctx.conn, event.gateway_id, datetime.now(UTC))
 
 
 async def expire_silent_gateways(conn: Conn, expiry: timedelta) -> OutboxWriter:

@@ -1,0 +1,68 @@
+"""Who is connected to this gateway, and which `user.<id>` routes its queue is bound to."""
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+from aio_pika.abc import AbstractQueue
+
+from switchboard_contracts.topology import Topology
+
+from .sessions import Session
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    def __init__(self, queue: AbstractQueue, topology: Topology) -> None:
+        self.queue = queue
+        self.topology = topology
+        self.sessions: dict[str, Session] = {}
+        self.by_user: dict[str, set[Session]] = defaultdict(set)
+        # Per-user lock and how many coroutines hold or wait for it. It is dropped at zero, so
+        # no waiter is ever left holding a lock that a newcomer has replaced.
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _user_lock(self, user_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(user_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[user_id]
+
+    async def attach(self, session: Session) -> None:
+        """Bind the user's route (first session here) before the session counts as connected."""
+        async with self._user_lock(session.user_id):
+            if not self.by_user.get(session.user_id):
+                await self.queue.bind(self.topology.route_exchange, Topology.user_key(session.user_id))
+            self.by_user[session.user_id].add(session)
+            self.sessions[session.id] = session
+
+    async def detach(self, session: Session) -> None:
+        async with self._user_lock(session.user_id):
+            if self.sessions.pop(session.id, None) is None:
+                return
+            users = self.by_user[session.user_id]
+            users.discard(session)
+            if not users:
+                del self.by_user[session.user_id]
+                with contextlib.suppress(Exception):
+                    await self.queue.unbind(self.topology.route_exchange, Topology.user_key(session.user_id))
+
+    def to_session(self, session_id: str, kind: str, frame: bytes, message_id: str | None) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.deliver(kind, frame, message_id)
+
+    def to_user(
+        self, user_id: str, except_session: str | None, kind: str, frame: bytes, message_id: str | None
+    ) -> None:
+        for session in self.by_user.get(user_id, ()):
+            if session.id != except_session:
+                session.deliver(kind, frame, message_id)

@@ -1,0 +1,6 @@
+from switchboard_contracts.topology import SUBSCRIPTIONS
+from switchboard_presence.handlers import HANDLERS
+
+
+def test_the_queue_receives_exactly_what_the_handlers_handle() -> None:
+    assert {model.TYPE for model in HANDLERS} == set(SUBSCRIPTIONS["presence"])

@@ -109,6 +109,8 @@ class System:
             CHAT_NAMESPACE=self.namespace,
             CHAT_JWT_SECRET=JWT_SECRET,
             CHAT_LOG_LEVEL="INFO",
+            # Small flush pages, so the offline-queue tests cross page boundaries.
+            CHAT_FLUSH_PAGE_MESSAGES="40",
         )
         env.update(extra)
         return env

@@ -110,6 +110,11 @@ async def test_malformed_frames_get_bad_request_and_the_connection_survives(conn
     await alice.send("send_message", {"chat_id": "not-a-uuid", "content": "x", "tempId": 7})
     error = await alice.next("message_error")
     assert error["code"] == "bad_request" and error["tempId"] == 7
+    await alice.send("send_message", {"chat_id": chat, "content": "nul \u0000 inside", "tempId": "nul"})
+    error = await alice.next("message_error")
+    assert error["code"] == "bad_request" and error["tempId"] == "nul"
+    await alice.send("send_message", {"chat_id": chat, "content": "", "tempId": "empty"})
+    assert (await alice.next("message_error"))["code"] == "bad_request"
     await alice.send("message_received", {"message_ids": "nope"})
     assert (await alice.next("error"))["code"] == "bad_request"
 
@@ -133,3 +138,12 @@ async def test_oversized_frame_closes_only_that_socket(connect: Connector) -> No
     assert (await flooder.next("error"))["code"] == "frame_too_large"
     assert await flooder.wait_closed() == 1009
     await _still_works(chat, alice, bob)
+
+
+async def test_content_is_stored_and_returned_exactly_as_given(connect: Connector) -> None:
+    chat, alice, bob = await _chat_with_live_pair(connect)
+    tricky = "'; DROP TABLE messages; -- <script>alert(1)</script> \u202e\U0001f600 \t\r\n \\ \" end"
+    await alice.send_message(chat, tricky)
+    assert (await bob.next("new_message"))["content"] == tricky
+    history = (await connect.api(alice.user_id or "").history(chat)).json()["messages"]
+    assert history[-1]["content"] == tricky

@@ -15,6 +15,7 @@ from .models import ChatType, MessageOut
 
 __all__ = [
     "EVENT_TYPES",
+    "FlushRequested",
     "ChatCreated",
     "ChatMemberAdded",
     "ChatMemberRemoved",
@@ -154,6 +155,18 @@ class GatewayHeartbeat(Event):
     sessions: int
 
 
+class FlushRequested(Event):
+    """A session took one page of its queue flush and has room for the next one."""
+
+    TYPE = "gateway.flush.requested.v1"
+
+    session_id: str
+    user_id: str
+    gateway_id: str
+    # Delivery's position of the last message already flushed to this session.
+    after_position: int
+
+
 class SessionRegistered(Event):
     """Presence recorded a live session: what is queued for its user can now reach it."""
 
@@ -193,6 +206,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SessionClosed,
         GatewayHeartbeat,
         SessionRegistered,
+        FlushRequested,
         UserWentOnline,
         UserWentOffline,
     )

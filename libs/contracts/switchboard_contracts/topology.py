@@ -20,6 +20,7 @@ from .events import (
     ChatMemberAdded,
     ChatMemberRemoved,
     DeliveryAcked,
+    FlushRequested,
     GatewayHeartbeat,
     MessageSent,
     MessageStored,
@@ -42,6 +43,7 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
         MessageStored.TYPE,
         DeliveryAcked.TYPE,
         SessionRegistered.TYPE,
+        FlushRequested.TYPE,
     ),
     "presence": (SessionOpened.TYPE, SessionClosed.TYPE, GatewayHeartbeat.TYPE),
 }
@@ -54,9 +56,17 @@ class Headers:
     SESSION = "sb-session"
     EXCEPT_SESSION = "sb-except-session"
     # "live" frames wait while a session is catching up, "flush" frames are the catch-up itself,
-    # "flush-done" ends it, "reply" answers one session and never waits.
+    # "flush-done" ends one page of it, "reply" answers one session and never waits.
     KIND = "sb-kind"
     MESSAGE_ID = "sb-message-id"
+    # Chat and seq of a message frame: a session catching up drops a held live message that is
+    # older than what its flush already sent for that chat.
+    CHAT = "sb-chat"
+    SEQ = "sb-seq"
+    # On "flush-done": how many messages the page had, and, when more are queued, the position
+    # to continue after.
+    COUNT = "sb-count"
+    MORE = "sb-more"
 
 
 @dataclass(frozen=True)

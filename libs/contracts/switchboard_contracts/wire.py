@@ -6,7 +6,7 @@ Every frame is a JSON text `{"event": "<name>", "data": {...}}` (docs/protocol.m
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 from pydantic_core import to_json
 
 from .errors import ErrorCode
@@ -23,9 +23,20 @@ __all__ = [
     "new_message_frame",
 ]
 
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000; refusing it here answers the client instead of
+    # failing in storage after the send was accepted.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
 # tempIds are client-chosen; 128 characters fits any UUID, ULID or timestamp-based scheme.
 # Strict: `true` is not tempId 1. Note that 5 and "5" are the same tempId for de-duplication.
-TempId = Annotated[str, StringConstraints(min_length=1, max_length=128)] | StrictInt
+TempId = Annotated[Text, StringConstraints(min_length=1, max_length=128)] | StrictInt
 
 
 class ClientFrame(BaseModel):
@@ -46,8 +57,8 @@ class SendMessage(BaseModel):
     chat_id: UUID
     # The upper bound is checked against the configured limit by the gateway, so it can answer
     # `content_too_long` rather than a generic `bad_request`.
-    content: Annotated[str, StringConstraints(min_length=1)]
-    message_type: Annotated[str, StringConstraints(min_length=1, max_length=32)] = "text"
+    content: Annotated[Text, StringConstraints(min_length=1)]
+    message_type: Annotated[Text, StringConstraints(min_length=1, max_length=32)] = "text"
     reply_to: UUID | None = None
     temp_id: TempId = Field(alias="tempId")
 

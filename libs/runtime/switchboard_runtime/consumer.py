@@ -23,12 +23,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiormq.exceptions
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from switchboard_contracts.events import Envelope, Event
 from switchboard_contracts.topology import SUBSCRIPTIONS
@@ -36,6 +37,7 @@ from switchboard_contracts.topology import SUBSCRIPTIONS
 from .amqp import Bus, declare_service_queue
 from .db import Conn
 from .outbox import OutboxWriter
+from .transient import is_transient
 
 __all__ = ["EventConsumer", "Handler", "HandlerContext"]
 
@@ -54,16 +56,6 @@ BATCH_SIZE = Histogram(
 # After-commit work (publishes) is retried in place this long before the batch goes back to the
 # queue: a requeue counts towards the delivery limit, a short broker blip should not.
 AFTER_COMMIT_RETRY_SECONDS = 30.0
-
-# Errors that mean "a dependency is down", not "this event is bad".
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-)
 
 
 @dataclass
@@ -148,19 +140,26 @@ class EventConsumer:
 
     async def _handle_batch(self, messages: list[AbstractIncomingMessage]) -> None:
         items = [self._parse(message) for message in messages]
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
             wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
             before_sleep=lambda state: log.warning(
                 "batch not committed; retrying",
                 error=repr(state.outcome.exception() if state.outcome else None),
             ),
             reraise=True,
-        )
-        async for attempt in retrying:
+        ):
             with attempt:
                 await self._commit(items)
-        actions = [
+        if await self._after_commit(items):
+            await self._settle(items)
+        else:
+            # The state is committed; redelivery re-runs the after-commit work as a duplicate.
+            await self._settle(items, requeue=True)
+
+    async def _after_commit(self, items: list[_Item]) -> bool:
+        """Run the handlers' after-commit work; retry only what failed. False if it never succeeded."""
+        pending = [
             action
             for item in items
             if item.ctx is not None and not item.failed
@@ -175,27 +174,43 @@ class EventConsumer:
                 with attempt:
                     # Started in batch order, so their publishes reach the channel in that order
                     # (its lock is FIFO) while all their confirms are awaited together.
-                    await asyncio.gather(*(action() for action in actions))
+                    results = await asyncio.gather(*(action() for action in pending), return_exceptions=True)
+                    failed = [
+                        (a, r) for a, r in zip(pending, results, strict=True) if isinstance(r, Exception)
+                    ]
+                    pending = [action for action, _ in failed]
+                    if failed:
+                        raise failed[0][1]
         except Exception:
-            # The state is committed; redelivery re-runs the after-commit work as a duplicate.
             log.exception("after-commit work failed; batch goes back to the queue")
-            for item in items:
-                await item.message.nack(requeue=True)
-            return
+            return False
+        return True
+
+    async def _settle(self, items: list[_Item], *, requeue: bool = False) -> None:
         for item in items:
             outcome = (
                 "dead_lettered" if item.failed else ("duplicate" if item.ctx and item.ctx.duplicate else "ok")
             )
             EVENTS.labels(self.service, item.envelope.type if item.envelope else "unreadable", outcome).inc()
-            if item.failed:
-                await item.message.reject(requeue=False)
-        ok = [item for item in items if not item.failed]
-        if ok and len(ok) == len(items):
-            # One frame acknowledges the whole batch: delivery tags on a channel only grow.
-            await items[-1].message.ack(multiple=True)
-        else:
-            for item in ok:
-                await item.message.ack()
+        try:
+            if requeue:
+                for item in items:
+                    await item.message.nack(requeue=True)
+                return
+            for item in items:
+                if item.failed:
+                    await item.message.reject(requeue=False)
+            if not any(item.failed for item in items):
+                # One frame acknowledges the whole batch: delivery tags on a channel only grow.
+                await items[-1].message.ack(multiple=True)
+            else:
+                for item in items:
+                    if not item.failed:
+                        await item.message.ack()
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+            # The channel these deliveries came on is gone (broker restart, connection loss);
+            # the broker has already put them back, and the work is idempotent.
+            log.warning("channel closed before settling a batch; the broker redelivers it")
 
     async def _commit(self, items: list[_Item]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -216,9 +231,9 @@ class EventConsumer:
                         )
                         await item.handler(item.event, item.ctx)
                         outbox.rows.extend(item.ctx.outbox.rows)
-                except TRANSIENT_ERRORS:
-                    raise
-                except Exception:
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
                     log.exception(
                         "handler failed; event dead-lettered",
                         event_type=item.envelope.type,

@@ -111,20 +111,24 @@ class OutboxRelay:
                 )
                 if not rows:
                     return total
-                await asyncio.gather(
-                    *(
-                        self.bus.publish(
-                            row["exchange"],
-                            row["routing_key"],
-                            row["body"],
-                            headers=orjson.loads(row["headers"]) if row["headers"] else None,
-                            message_id=row["message_id"],
-                            persistent=row["persistent"],
-                        )
-                        for row in rows
-                    )
-                )
+                results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
+                # Only the confirmed prefix is done: if row k failed, rows after it are published
+                # again after k on the next pass, so order is kept at the price of duplicates.
+                errors = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
+                done = errors[0][0] if errors else len(rows)
                 await conn.execute(
-                    "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
+                    "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows[:done]]
                 )
-                total += len(rows)
+                total += done
+            if errors:
+                raise errors[0][1]
+
+    async def _publish(self, row: asyncpg.Record) -> None:
+        await self.bus.publish(
+            row["exchange"],
+            row["routing_key"],
+            row["body"],
+            headers=orjson.loads(row["headers"]) if row["headers"] else None,
+            message_id=row["message_id"],
+            persistent=row["persistent"],
+        )

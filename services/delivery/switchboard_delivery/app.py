@@ -8,7 +8,8 @@ from fastapi import FastAPI
 
 from switchboard_runtime.service import add_health_routes, event_service, run_cli
 
-from .handlers import HANDLERS
+from .domain import FlushPage
+from .handlers import handlers_for
 from .settings import Settings
 
 __all__ = ["create_app", "main"]
@@ -22,7 +23,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with event_service(SERVICE, settings, HANDLERS) as runtime:
+        handlers = handlers_for(FlushPage(settings.flush_page_messages, settings.flush_page_bytes))
+        async with event_service(SERVICE, settings, handlers) as runtime:
             app.state.runtime = runtime
             yield
 

@@ -1,7 +1,7 @@
 """Event handlers of the delivery service, routed by `HANDLERS`."""
 
 import asyncio
-from uuid import UUID
+import functools
 
 from switchboard_contracts.events import (
     ChatCreated,
@@ -9,19 +9,21 @@ from switchboard_contracts.events import (
     ChatMemberRemoved,
     DeliveryAcked,
     Event,
+    FlushRequested,
     MessageStored,
     Origin,
     SessionRegistered,
 )
+from switchboard_contracts.models import MessageOut
 from switchboard_contracts.topology import Headers, Topology
 from switchboard_contracts.wire import encode_frame, new_message_frame
 from switchboard_runtime.amqp import Bus
 from switchboard_runtime.consumer import Handler, HandlerContext
 
 from . import store
-from .domain import delivery_info, recipients_of
+from .domain import FlushPage, delivery_info, page_length, recipients_of
 
-__all__ = ["HANDLERS"]
+__all__ = ["handlers_for"]
 
 
 async def on_chat_created(event: ChatCreated, ctx: HandlerContext) -> None:
@@ -47,7 +49,7 @@ async def on_message_stored(event: MessageStored, ctx: HandlerContext) -> None:
     acked = len(recipients) - len(pending)
 
     async def route() -> None:
-        routed = await _route_live(ctx.bus, message.id, message.sender_id, event.origin, frame, pending)
+        routed = await _route_live(ctx.bus, message, event.origin, frame, pending)
         info = encode_frame(
             "message_delivery_info", delivery_info(message.id, len(recipients), routed + acked)
         )
@@ -57,10 +59,15 @@ async def on_message_stored(event: MessageStored, ctx: HandlerContext) -> None:
 
 
 async def _route_live(
-    bus: Bus, message_id: UUID, sender_id: str, origin: Origin, frame: bytes, recipients: list[str]
+    bus: Bus, message: MessageOut, origin: Origin, frame: bytes, recipients: list[str]
 ) -> int:
     """Publish to each recipient's personal route; returns how many had a gateway holding them."""
-    headers = {Headers.KIND: "live", Headers.MESSAGE_ID: str(message_id)}
+    headers = {
+        Headers.KIND: "live",
+        Headers.MESSAGE_ID: str(message.id),
+        Headers.CHAT: str(message.chat_id),
+        Headers.SEQ: message.seq,
+    }
     publishes = [
         bus.publish(
             "route", Topology.user_key(user), frame, headers={**headers, Headers.USER: user}, mandatory=True
@@ -68,8 +75,8 @@ async def _route_live(
         for user in recipients
     ]
     # The sender's other devices see their own message too; the sending session does not.
-    own = {**headers, Headers.USER: sender_id, Headers.EXCEPT_SESSION: origin.session_id}
-    publishes.append(bus.publish("route", Topology.user_key(sender_id), frame, headers=own))
+    own = {**headers, Headers.USER: message.sender_id, Headers.EXCEPT_SESSION: origin.session_id}
+    publishes.append(bus.publish("route", Topology.user_key(message.sender_id), frame, headers=own))
     results = await asyncio.gather(*publishes)
     return sum(results[:-1])
 
@@ -83,30 +90,62 @@ async def on_delivery_acked(event: DeliveryAcked, ctx: HandlerContext) -> None:
     await store.acknowledge(ctx.conn, event.user_id, event.message_ids)
 
 
-async def on_session_registered(event: SessionRegistered, ctx: HandlerContext) -> None:
-    """Send the session everything its user has not acknowledged, in order, then `queue_flushed`."""
-    backlog = await store.backlog(ctx.conn, event.user_id)
-    key = Topology.gateway_key(event.gateway_id)
+async def on_session_registered(event: SessionRegistered, ctx: HandlerContext, *, limits: FlushPage) -> None:
+    """A session opened: send it what its user has not acknowledged, first page."""
+    await _flush_page(ctx, limits, event.user_id, event.session_id, event.gateway_id, after_position=0)
+
+
+async def on_flush_requested(event: FlushRequested, ctx: HandlerContext, *, limits: FlushPage) -> None:
+    await _flush_page(ctx, limits, event.user_id, event.session_id, event.gateway_id, event.after_position)
+
+
+async def _flush_page(
+    ctx: HandlerContext,
+    limits: FlushPage,
+    user_id: str,
+    session_id: str,
+    gateway_id: str,
+    after_position: int,
+) -> None:
+    """One page of the flush, in order, then `flush-done` saying whether more is queued."""
+    rows = await store.backlog(ctx.conn, user_id, after_position, limits.messages)
+    page = rows[: page_length([row.frame for row in rows], limits.bytes)]
+    more = len(page) < len(rows) or len(rows) == limits.messages
+    key = Topology.gateway_key(gateway_id)
 
     async def flush() -> None:
-        base = {Headers.SESSION: event.session_id, Headers.KIND: "flush"}
+        base = {Headers.SESSION: session_id, Headers.KIND: "flush"}
         await asyncio.gather(
             *(
-                ctx.bus.publish("route", key, frame, headers={**base, Headers.MESSAGE_ID: str(message_id)})
-                for message_id, frame in backlog
+                ctx.bus.publish(
+                    "route",
+                    key,
+                    row.frame,
+                    headers={
+                        **base,
+                        Headers.MESSAGE_ID: str(row.message_id),
+                        Headers.CHAT: str(row.chat_id),
+                        Headers.SEQ: row.seq,
+                    },
+                )
+                for row in page
             )
         )
-        done = encode_frame("queue_flushed", {"count": len(backlog)})
-        await ctx.bus.publish("route", key, done, headers={**base, Headers.KIND: "flush-done"})
+        done: dict[str, object] = {**base, Headers.KIND: "flush-done", Headers.COUNT: len(page)}
+        if more and page:
+            done[Headers.MORE] = page[-1].position
+        await ctx.bus.publish("route", key, b"", headers=done)
 
     ctx.after_commit.append(flush)
 
 
-HANDLERS: dict[type[Event], Handler] = {
-    ChatCreated: on_chat_created,
-    ChatMemberAdded: on_member_added,
-    ChatMemberRemoved: on_member_removed,
-    MessageStored: on_message_stored,
-    DeliveryAcked: on_delivery_acked,
-    SessionRegistered: on_session_registered,
-}
+def handlers_for(limits: FlushPage) -> dict[type[Event], Handler]:
+    return {
+        ChatCreated: on_chat_created,
+        ChatMemberAdded: on_member_added,
+        ChatMemberRemoved: on_member_removed,
+        MessageStored: on_message_stored,
+        DeliveryAcked: on_delivery_acked,
+        SessionRegistered: functools.partial(on_session_registered, limits=limits),
+        FlushRequested: functools.partial(on_flush_requested, limits=limits),
+    }

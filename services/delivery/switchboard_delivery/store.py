@@ -1,11 +1,22 @@
 """SQL of the delivery service."""
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 from uuid import UUID
 
 from switchboard_runtime.db import Conn
 
+
+class Pending(NamedTuple):
+    message_id: UUID
+    chat_id: UUID
+    seq: int
+    position: int
+    frame: bytes
+
+
 __all__ = [
+    "Pending",
     "acknowledge",
     "add_members",
     "backlog",
@@ -71,11 +82,14 @@ async def acknowledge(conn: Conn, user_id: str, message_ids: Sequence[UUID]) -> 
     )
 
 
-async def backlog(conn: Conn, user_id: str) -> list[tuple[UUID, bytes]]:
-    """Everything the user has not acknowledged, in the order delivery first handled it."""
+async def backlog(conn: Conn, user_id: str, after_position: int, limit: int) -> list[Pending]:
+    """What the user has not acknowledged after that position, in the order delivery handled it."""
     rows = await conn.fetch(
-        "SELECT p.message_id, m.frame FROM pending p JOIN messages m USING (message_id)"
-        " WHERE p.user_id = $1 ORDER BY p.position",
+        "SELECT p.message_id, m.chat_id, m.seq, p.position, m.frame"
+        " FROM pending p JOIN messages m USING (message_id)"
+        " WHERE p.user_id = $1 AND p.position > $2 ORDER BY p.position LIMIT $3",
         user_id,
+        after_position,
+        limit,
     )
-    return [(row[0], row[1]) for row in rows]
+    return [Pending(*row) for row in rows]

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from switchboard_contracts.events import Envelope, Event, Origin, SessionOpened
+from switchboard_contracts.events import Envelope, Event, FlushRequested, Origin, SessionOpened
 from switchboard_runtime.amqp import Bus
 
 from .auth import Verifier
@@ -44,7 +44,24 @@ class Gateway:
         log.info("broker connection restored; flushing sessions again", sessions=len(sessions))
         for session in sessions:
             session.begin_catch_up()
-            await self.publish(self.session_opened(session))
+            try:
+                await self.publish(self.session_opened(session))
+            except Exception:
+                # It cannot be flushed now: let it reconnect and be flushed then.
+                session.drop("resync_failed")
+
+    async def request_page(self, session: Session, after_position: int) -> None:
+        try:
+            await self.publish(
+                FlushRequested(
+                    session_id=session.id,
+                    user_id=session.user_id,
+                    gateway_id=self.id,
+                    after_position=after_position,
+                )
+            )
+        except Exception:
+            session.drop("flush_request_failed")
 
     async def publish(self, event: Event) -> None:
         await self.bus.publish_event(Envelope.wrap(event, source=f"gateway/{self.id}"))

@@ -9,6 +9,7 @@ from aio_pika.abc import AbstractQueue
 
 from switchboard_contracts.topology import Topology
 
+from .routed import Routed
 from .sessions import Session
 
 __all__ = ["Registry"]
@@ -55,14 +56,12 @@ class Registry:
                 with contextlib.suppress(Exception):
                     await self.queue.unbind(self.topology.route_exchange, Topology.user_key(session.user_id))
 
-    def to_session(self, session_id: str, kind: str, frame: bytes, message_id: str | None) -> None:
+    def to_session(self, session_id: str, routed: Routed) -> None:
         session = self.sessions.get(session_id)
         if session is not None:
-            session.deliver(kind, frame, message_id)
+            session.deliver(routed)
 
-    def to_user(
-        self, user_id: str, except_session: str | None, kind: str, frame: bytes, message_id: str | None
-    ) -> None:
+    def to_user(self, user_id: str, except_session: str | None, routed: Routed) -> None:
         for session in self.by_user.get(user_id, ()):
             if session.id != except_session:
-                session.deliver(kind, frame, message_id)
+                session.deliver(routed)

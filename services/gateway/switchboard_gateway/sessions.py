@@ -1,10 +1,14 @@
 """One client session: a bounded send buffer, its writer task, and catch-up ordering.
 
 Each session has a bounded buffer drained by its own writer task, so a slow socket never stalls
-the route consumer or other sessions. A session starts "catching up": live messages for its
-user wait (in arrival order) until delivery has flushed the user's queue to it, then go out,
-skipping any the flush already sent. So a session sees each chat in seq order even when
-messages arrive while its backlog is in flight.
+the route consumer or other sessions.
+
+A session starts "catching up": delivery flushes what its user has not acknowledged, page by
+page (the next page is asked for once the buffer has room), while live messages for the user
+wait in arrival order. When the last page is in, `queue_flushed` goes out and the held live
+messages follow, minus those the flush already sent and those older than what the flush sent
+for their chat (another device acknowledged them meanwhile; history has them). So a session
+sees each chat in seq order even when messages arrive while its backlog is in flight.
 """
 
 import asyncio
@@ -17,18 +21,24 @@ from uuid import uuid4
 import structlog
 
 from switchboard_contracts.errors import ErrorCode
+from switchboard_contracts.wire import encode_frame
 
-__all__ = ["CLOSE_SLOW_CONSUMER", "Session"]
+from .routed import Routed
+
+__all__ = ["CLOSE_TRY_AGAIN", "Session"]
 
 log = structlog.get_logger()
 
 # RFC 6455 1013 "try again later": the client reconnects and catches up from its queue.
-CLOSE_SLOW_CONSUMER = 1013
+CLOSE_TRY_AGAIN = 1013
+CATCH_UP_TIMEOUT = "catch_up_timeout"
+# Ask for the next flush page once no more than this many frames wait for the socket.
+NEXT_PAGE_WATERMARK = 100
 
 Send = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Coroutine[Any, Any, None]]
 
-_closing: set[asyncio.Task[None]] = set()
+_background: set[asyncio.Task[None]] = set()
 
 
 @dataclass(eq=False)
@@ -36,20 +46,26 @@ class Session:
     user_id: str
     send: Send
     close: Close
-    # Frames waiting for the socket; one bound of the buffer.
+    # Frames waiting for the socket (held live messages count separately against the same bound).
     buffer_limit: int
-    # Bytes waiting for the socket, the other bound: ten thousand 64 KB messages must not fit.
+    # Bytes waiting for the socket, held or buffered: ten thousand 64 KB messages must not fit.
     buffer_bytes_limit: int = 16 * 1024 * 1024
-    # How long live messages wait behind a queue flush before they are sent anyway.
+    # A flush that has not finished by then (delivery or presence down) ends the session with
+    # 1013, so the client reconnects and gets a whole flush rather than live messages out of order.
     flush_timeout: float = 30.0
     device_id: str | None = None
+    # Called with the position to continue after when a flush page is done and there is room.
+    request_page: Callable[[int], Coroutine[Any, Any, None]] | None = None
     id: str = field(default_factory=lambda: f"s-{uuid4().hex}")
     catching_up: bool = True
     closed: bool = False
-    _held: list[tuple[str | None, bytes]] = field(default_factory=list)
-    _flushed: set[str] = field(default_factory=set)
     _buffer: asyncio.Queue[bytes | None] = field(init=False)
-    _buffered_bytes: int = 0
+    _bytes: int = 0
+    _held: list[Routed] = field(default_factory=list)
+    _flushed_ids: set[str] = field(default_factory=set)
+    _flushed_seq: dict[str, int] = field(default_factory=dict)
+    _flushed_count: int = 0
+    _next_page_after: int | None = None
     _writer: asyncio.Task[None] | None = None
     _flush_timer: asyncio.TimerHandle | None = None
 
@@ -62,64 +78,93 @@ class Session:
 
     async def _write_loop(self) -> None:
         while (frame := await self._buffer.get()) is not None:
-            self._buffered_bytes -= len(frame)
+            self._bytes -= len(frame)
             await self.send(frame.decode())
+            self._maybe_request_page()
 
     def push(self, frame: bytes) -> None:
         """Queue a frame for the socket; a client that lets the buffer fill is dropped."""
         if self.closed:
             return
-        if self._buffered_bytes + len(frame) > self.buffer_bytes_limit or self._buffer.full():
-            self._drop()
+        if self._bytes + len(frame) > self.buffer_bytes_limit or self._buffer.full():
+            self.drop(ErrorCode.SLOW_CONSUMER.value)
             return
         self._buffer.put_nowait(frame)
-        self._buffered_bytes += len(frame)
+        self._bytes += len(frame)
 
-    def _drop(self) -> None:
+    def drop(self, reason: str) -> None:
+        """Close with 1013: the client reconnects and catches up from its queue."""
         if self.closed:
             return
-        log.warning("slow consumer dropped", session_id=self.id, user_id=self.user_id)
+        log.warning("session dropped", reason=reason, session_id=self.id, user_id=self.user_id)
         self.closed = True
-        task = asyncio.create_task(self.close(CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value))
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
+        self._spawn(self.close(CLOSE_TRY_AGAIN, reason))
 
-    def deliver(self, kind: str, frame: bytes, message_id: str | None) -> None:
-        if kind == "live" and self.catching_up:
-            if len(self._held) >= self.buffer_limit:
-                self._drop()
+    def deliver(self, routed: Routed) -> None:
+        if routed.kind == "live" and self.catching_up:
+            self._hold(routed)
+        elif routed.kind == "flush":
+            if routed.message_id:
+                self._flushed_ids.add(routed.message_id)
+            if routed.chat_id is not None and routed.seq is not None:
+                self._flushed_seq[routed.chat_id] = max(routed.seq, self._flushed_seq.get(routed.chat_id, 0))
+            self.push(routed.frame)
+        elif routed.kind == "flush-done":
+            self._flushed_count += routed.count
+            if routed.more_after is not None:
+                self._next_page_after = routed.more_after
+                self._maybe_request_page()
             else:
-                self._held.append((message_id, frame))
-        elif kind == "flush":
-            if message_id:
-                self._flushed.add(message_id)
-            self.push(frame)
-        elif kind == "flush-done":
-            self.push(frame)
-            self.end_catch_up()
+                self.push(encode_frame("queue_flushed", {"count": self._flushed_count}))
+                self.end_catch_up()
         else:
-            self.push(frame)
+            self.push(routed.frame)
+
+    def _hold(self, routed: Routed) -> None:
+        if len(self._held) >= self.buffer_limit or self._bytes + len(routed.frame) > self.buffer_bytes_limit:
+            self.drop(ErrorCode.SLOW_CONSUMER.value)
+            return
+        self._held.append(routed)
+        self._bytes += len(routed.frame)
+
+    def _maybe_request_page(self) -> None:
+        after = self._next_page_after
+        if after is None or self.closed or self.request_page is None:
+            return
+        if self._buffer.qsize() <= NEXT_PAGE_WATERMARK:
+            self._next_page_after = None
+            self._spawn(self.request_page(after))
 
     def begin_catch_up(self) -> None:
-        """Hold live messages until delivery's flush for this session ends (or the timeout)."""
+        """Hold live messages until delivery's flush for this session ends."""
         self.catching_up = True
-        self._flushed = set()
+        self._flushed_ids, self._flushed_seq, self._flushed_count = set(), {}, 0
+        self._next_page_after = None
         if self._flush_timer is not None:
             self._flush_timer.cancel()
-        self._flush_timer = asyncio.get_running_loop().call_later(self.flush_timeout, self.end_catch_up)
+        self._flush_timer = asyncio.get_running_loop().call_later(
+            self.flush_timeout, self.drop, CATCH_UP_TIMEOUT
+        )
 
     def end_catch_up(self) -> None:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if not self.catching_up:
-            return
         self.catching_up = False
-        held, flushed = self._held, self._flushed
-        self._held, self._flushed = [], set()
-        for message_id, frame in held:
-            if message_id is None or message_id not in flushed:
-                self.push(frame)
+        held, self._held = self._held, []
+        for routed in held:
+            self._bytes -= len(routed.frame)
+            if routed.message_id in self._flushed_ids:
+                continue  # the flush sent it already
+            if routed.chat_id is not None and (routed.seq or 0) <= self._flushed_seq.get(routed.chat_id, 0):
+                continue  # older than what the flush sent: acknowledged by another device meanwhile
+            self.push(routed.frame)
+        self._flushed_ids, self._flushed_seq = set(), {}
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
     async def stop(self) -> None:
         """End the writer; what it had not sent is still pending in delivery."""

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 from typing import Any
 
 import orjson
@@ -43,6 +44,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             flush_timeout=gateway.settings.flush_timeout_seconds,
             device_id=device_id,
         )
+        session.request_page = functools.partial(gateway.request_page, session)
         try:
             await gateway.registry.attach(session)
         except Exception:

@@ -1,44 +1,112 @@
 """The session buffer and its catch-up ordering, driven directly (no socket needed)."""
 
 import asyncio
+from collections.abc import Callable
 
-from switchboard_gateway.sessions import CLOSE_SLOW_CONSUMER, Session
+from switchboard_gateway.routed import Routed
+from switchboard_gateway.sessions import CATCH_UP_TIMEOUT, CLOSE_TRY_AGAIN, Session
 
 
 class Sink:
+    """Stands in for the socket: records what the session writes and how it closes."""
+
     def __init__(self) -> None:
         self.frames: list[str] = []
         self.closed: tuple[int, str] | None = None
-        self.arrived = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.pages: list[int] = []
 
     async def send(self, frame: str) -> None:
         self.frames.append(frame)
-        self.arrived.set()
+        self.changed.set()
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
+        self.changed.set()
+
+    async def request_page(self, after: int) -> None:
+        self.pages.append(after)
+        self.changed.set()
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(5):
+            while not done():
+                self.changed.clear()
+                await self.changed.wait()
 
 
-async def _drain(session: Session, sink: Sink, count: int) -> None:
-    async with asyncio.timeout(5):
-        while len(sink.frames) < count:
-            sink.arrived.clear()
-            await sink.arrived.wait()
+def live(message_id: str, seq: int, chat: str = "c1") -> Routed:
+    return Routed("live", f"live-{message_id}".encode(), message_id, chat, seq)
+
+
+def flush(message_id: str, seq: int, chat: str = "c1") -> Routed:
+    return Routed("flush", f"flush-{message_id}".encode(), message_id, chat, seq)
+
+
+def session_for(sink: Sink, **options: float) -> Session:
+    session = Session("ann", sink.send, sink.close, request_page=sink.request_page, **options)  # type: ignore[arg-type]
+    session.start()
+    return session
 
 
 async def test_live_messages_wait_for_the_flush_and_duplicates_are_skipped() -> None:
     sink = Sink()
-    session = Session("ann", sink.send, sink.close, buffer_limit=10)
-    session.start()
-    session.deliver("live", b"live-3", "m3")
-    session.deliver("live", b"live-4", "m4")
-    session.deliver("reply", b"reply", None)
-    session.deliver("flush", b"flush-1", "m1")
-    session.deliver("flush", b"flush-3", "m3")
-    session.deliver("flush-done", b"done", None)
-    session.deliver("live", b"live-5", "m5")
-    await _drain(session, sink, 6)
-    assert sink.frames == ["reply", "flush-1", "flush-3", "done", "live-4", "live-5"]
+    session = session_for(sink, buffer_limit=10)
+    session.deliver(live("m3", 3))
+    session.deliver(live("m4", 4))
+    session.deliver(Routed("reply", b"reply"))
+    session.deliver(flush("m1", 1))
+    session.deliver(flush("m3", 3))
+    session.deliver(Routed("flush-done", b"", count=2))
+    session.deliver(live("m5", 5))
+    await sink.until(lambda: len(sink.frames) == 6)
+    assert sink.frames == [
+        "reply",
+        "flush-m1",
+        "flush-m3",
+        '{"event":"queue_flushed","data":{"count":2}}',
+        "live-m4",
+        "live-m5",
+    ]
+    await session.stop()
+
+
+async def test_a_held_message_older_than_the_flush_is_not_sent_after_it() -> None:
+    """m5 was acknowledged by another device while this one caught up: sending it now would
+    put seq 5 after seq 6."""
+    sink = Sink()
+    session = session_for(sink, buffer_limit=10)
+    session.deliver(live("m5", 5))
+    session.deliver(live("m6", 6))
+    session.deliver(live("x1", 1, chat="c2"))
+    session.deliver(flush("m6", 6))
+    session.deliver(Routed("flush-done", b"", count=1))
+    await sink.until(lambda: len(sink.frames) == 3)
+    assert sink.frames == ["flush-m6", '{"event":"queue_flushed","data":{"count":1}}', "live-x1"]
+    await session.stop()
+
+
+async def test_the_next_page_is_asked_for_and_counts_add_up() -> None:
+    sink = Sink()
+    session = session_for(sink, buffer_limit=10)
+    session.deliver(flush("m1", 1))
+    session.deliver(Routed("flush-done", b"", count=1, more_after=41))
+    await sink.until(lambda: sink.pages == [41])
+    session.deliver(flush("m2", 2))
+    session.deliver(Routed("flush-done", b"", count=1))
+    await sink.until(lambda: len(sink.frames) == 3)
+    assert sink.frames[-1] == '{"event":"queue_flushed","data":{"count":2}}'
+    assert not session.catching_up
+    await session.stop()
+
+
+async def test_a_flush_that_never_ends_closes_the_session_for_a_retry() -> None:
+    sink = Sink()
+    session = session_for(sink, buffer_limit=10, flush_timeout=0.05)
+    session.deliver(live("m1", 1))
+    await sink.until(lambda: sink.closed is not None)
+    assert sink.closed == (CLOSE_TRY_AGAIN, CATCH_UP_TIMEOUT)
+    assert sink.frames == []  # nothing was sent out of order
     await session.stop()
 
 
@@ -53,7 +121,18 @@ async def test_a_client_that_stops_reading_is_dropped_not_buffered_forever() -> 
     session.start()
     session.end_catch_up()
     for i in range(10):
-        session.deliver("live", f"m{i}".encode(), str(i))
-    await asyncio.sleep(0)  # let the scheduled close run
-    assert sink.closed == (CLOSE_SLOW_CONSUMER, "slow_consumer")
+        session.deliver(live(f"m{i}", i))
+    await sink.until(lambda: sink.closed is not None)
+    assert sink.closed == (CLOSE_TRY_AGAIN, "slow_consumer")
+    await session.stop()
+
+
+async def test_held_messages_count_against_the_byte_bound() -> None:
+    sink = Sink()
+    session = session_for(sink, buffer_limit=1000, buffer_bytes_limit=64 * 1024)
+    big = Routed("live", b"x" * 40_000, "m1", "c1", 1)
+    session.deliver(big)
+    session.deliver(Routed("live", b"x" * 40_000, "m2", "c1", 2))
+    await sink.until(lambda: sink.closed is not None)
+    assert sink.closed == (CLOSE_TRY_AGAIN, "slow_consumer")
     await session.stop()

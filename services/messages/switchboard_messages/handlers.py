@@ -6,7 +6,7 @@ import asyncpg
 import structlog
 
 from switchboard_contracts.errors import ErrorCode
-from switchboard_contracts.events import MessageSent, MessageStored, Origin
+from switchboard_contracts.events import Event, MessageSent, MessageStored, Origin
 from switchboard_contracts.models import MessageOut
 from switchboard_contracts.topology import Headers, Topology
 from switchboard_contracts.wire import encode_frame, message_error_frame
@@ -63,6 +63,10 @@ async def on_message_sent(sent: MessageSent, ctx: HandlerContext) -> None:
     try:
         async with ctx.conn.transaction():
             await store.insert_message(ctx.conn, message, temp_id)
+    except asyncpg.DataError as exc:
+        # What the gateway's checks let through but PostgreSQL refuses: answer, do not retry.
+        _rejected(ctx, sent, ErrorCode.BAD_REQUEST, f"content cannot be stored: {exc.__class__.__name__}")
+        return
     except asyncpg.UniqueViolationError:
         # Another instance stored the same (sender, tempId) a moment ago: answer with that one.
         winner = await store.find_by_temp_id(ctx.conn, sent.sender_id, temp_id)
@@ -76,4 +80,4 @@ async def on_message_sent(sent: MessageSent, ctx: HandlerContext) -> None:
     _sent(ctx, sent, message)
 
 
-HANDLERS: dict[type, Handler] = {MessageSent: on_message_sent}
+HANDLERS: dict[type[Event], Handler] = {MessageSent: on_message_sent}

@@ -35,9 +35,10 @@ def in_order_once(messages: list[dict[str, object]]) -> list[object]:
 
 async def test_kill9_messages_then_delivery_loses_and_doubles_nothing(crashing_system: System) -> None:
     system = crashing_system
-    a, b, c = unique("a"), unique("b"), unique("c")
+    a, b, c, d = unique("a"), unique("b"), unique("c"), unique("d")
     api = Api(system, a)
-    group = await api.create_chat([b, c])
+    # d is offline throughout and catches up from the queue at the end.
+    group = await api.create_chat([b, c, d])
     direct = await api.create_chat([b], kind="direct")
     alice = await Client.connect(system.ws_url(0), a)
     bob = await Client.connect(system.ws_url(0), b)
@@ -72,6 +73,11 @@ async def test_kill9_messages_then_delivery_loses_and_doubles_nothing(crashing_s
         assert {m["id"] for m in carol.messages()} == {
             m["id"] for m in sent.values() if m["chat_id"] == group
         }
+        dana = await Client.connect(system.ws_url(1), d)
+        clients = (*clients, dana)
+        flushed = await dana.next("queue_flushed", timeout=120)
+        assert flushed == {"count": half}
+        assert [m["seq"] for m in dana.messages(group)] == list(range(1, half + 1))
         for client in (bob, carol):
             for chat in (group, direct):
                 seqs = in_order_once(client.messages(chat))

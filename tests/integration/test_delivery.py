@@ -111,9 +111,10 @@ async def test_same_temp_id_stores_once_and_delivers_once(connect: Connector) ->
     alice, bob = await connect(a), await connect(b)
     await bob.next("queue_flushed")
 
+    # Back to back: the second usually lands in the same batch as the first.
+    await alice.send_message(chat, "once", temp_id="same")
     await alice.send_message(chat, "once", temp_id="same")
     first = await alice.next("message_sent")
-    await alice.send_message(chat, "once", temp_id="same")
     second = await alice.next("message_sent")
     await alice.send_message(chat, "marker")
     await bob.wait(lambda _: any(m["content"] == "marker" for m in bob.messages()))

@@ -4,7 +4,7 @@ import pytest
 
 from .client import Api, Client
 from .infra import broker_url, database_url
-from .system import System
+from .system import System, running_system
 
 
 @pytest.fixture(scope="session")
@@ -16,12 +16,8 @@ def infra_urls() -> Iterator[tuple[str, str]]:
 @pytest.fixture(scope="session")
 async def system(infra_urls: tuple[str, str]) -> AsyncIterator[System]:
     """One system (two gateways) shared by the tests that do not break it on purpose."""
-    system = System(*infra_urls, gateways=2)
-    try:
-        await system.start()
+    async with running_system(*infra_urls) as system:
         yield system
-    finally:
-        await system.stop()
 
 
 @pytest.fixture

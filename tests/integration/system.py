@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -182,3 +183,14 @@ class System:
                     await channel.queue_delete(queue)
             for exchange in ("events", "route", "dead-letter"):
                 await channel.exchange_delete(f"{self.namespace}.{exchange}")
+
+
+@contextlib.asynccontextmanager
+async def running_system(amqp_url: str, database_url: str, gateways: int = 2) -> AsyncIterator[System]:
+    """A started system, stopped and cleaned away afterwards whatever happened."""
+    system = System(amqp_url, database_url, gateways=gateways)
+    try:
+        await system.start()
+        yield system
+    finally:
+        await system.stop()

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from .client import Api, Client, unique
-from .system import System
+from .system import System, running_system
 
 TOTAL = 500
 
@@ -14,12 +14,8 @@ TOTAL = 500
 @pytest.fixture
 async def crashing_system(infra_urls: tuple[str, str]) -> AsyncIterator[System]:
     """A system of its own: this test breaks it on purpose."""
-    system = System(*infra_urls, gateways=2)
-    try:
-        await system.start()
+    async with running_system(*infra_urls) as system:
         yield system
-    finally:
-        await system.stop()
 
 
 def in_order_once(messages: list[dict[str, object]]) -> list[object]:

@@ -27,7 +27,7 @@ from .migrate import apply_migrations
 from .outbox import OutboxRelay
 from .settings import CommonSettings
 
-__all__ = ["Runtime", "add_health_routes", "event_service", "run_cli", "spawn"]
+__all__ = ["Runtime", "add_health_routes", "event_app", "event_service", "run_cli", "spawn"]
 
 log = structlog.get_logger()
 
@@ -127,11 +127,32 @@ async def event_service(
         log.info("service stopped")
 
 
-def run_cli(
+def event_app(
+    service: str,
+    settings: CommonSettings,
+    handlers: Mapping[type[Event], Handler],
     *,
+    title: str,
+    extra: Callable[[asyncpg.Pool], Mapping[str, Coroutine[Any, Any, None]]] | None = None,
+) -> FastAPI:
+    """The HTTP face of an event service (health, metrics), its lifespan running `event_service`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with event_service(service, settings, handlers, extra=extra) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    add_health_routes(app, lambda: app.state.runtime.ready())
+    return app
+
+
+def run_cli(
     service: str,
     app_factory: Callable[[], FastAPI],
     settings: CommonSettings,
+    *,
     port: int,
     migrations: Path | None = None,
     uvicorn_options: Mapping[str, Any] | None = None,

@@ -95,9 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def main() -> None:
     settings = Settings()
     run_cli(
-        service=SERVICE,
-        app_factory=lambda: create_app(settings),
-        settings=settings,
+        SERVICE,
+        lambda: create_app(settings),
+        settings,
         port=settings.gateway_port,
         uvicorn_options={
             # The protocol-level cap; frames over max_frame_bytes but under this get the

@@ -1,8 +1,7 @@
 """Wiring of the presence service: sessions in, online/offline out, silent gateways expired."""
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import asyncpg
 import structlog
 from fastapi import FastAPI
 
-from switchboard_runtime.service import add_health_routes, event_service, run_cli
+from switchboard_runtime.service import event_app, run_cli
 
 from .handlers import HANDLERS, expire_silent_gateways
 from .settings import Settings
@@ -45,23 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def extra(pool: asyncpg.Pool) -> Mapping[str, Coroutine[Any, Any, None]]:
         return {"session-expiry": expiry_loop(pool, settings)}
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with event_service(SERVICE, settings, HANDLERS, extra=extra) as runtime:
-            app.state.runtime = runtime
-            yield
-
-    app = FastAPI(title="Switchboard presence", lifespan=lifespan)
-    add_health_routes(app, lambda: app.state.runtime.ready())
-    return app
+    return event_app(SERVICE, settings, HANDLERS, title="Switchboard presence", extra=extra)
 
 
 def main() -> None:
     settings = Settings()
     run_cli(
-        service=SERVICE,
-        app_factory=lambda: create_app(settings),
-        settings=settings,
-        port=settings.presence_port,
-        migrations=MIGRATIONS,
+        SERVICE, lambda: create_app(settings), settings, port=settings.presence_port, migrations=MIGRATIONS
     )

@@ -1,6 +1,7 @@
 """Done-when point 8: kill -9 of messages, then of delivery, while 500 messages are being sent."""
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -90,6 +91,51 @@ async def test_kill9_messages_then_delivery_loses_and_doubles_nothing(crashing_s
                     break
             assert [m["seq"] for m in stored] == list(range(1, half + 1))
             assert len({m["content"] for m in stored}) == half, "a message was stored twice"
+    finally:
+        for client in clients:
+            await client.close()
+        await api.aclose()
+
+
+async def test_a_gateway_that_dies_or_stops_loses_no_message(crashing_system: System) -> None:
+    """kill -9 of a gateway: its users count as queued at once and get everything on reconnect.
+    SIGTERM of a gateway: its clients are told to go away and reconnect elsewhere."""
+    system = crashing_system
+    a, b = unique("a"), unique("b")
+    api = Api(system, a)
+    chat = await api.create_chat([b], kind="direct")
+    alice = await Client.connect(system.ws_url(0), a)
+    bob = await Client.connect(system.ws_url(1), b)
+    clients = [alice, bob]
+    try:
+        await bob.next("queue_flushed")
+        await alice.send_message(chat, "before")
+        await bob.next("new_message")
+
+        system.kill("gateway-1")
+        await bob.wait_closed()
+        # The dead gateway's exclusive queue went with its connection: Bob is offline now.
+        for i in range(5):
+            await alice.send_message(chat, f"while gone {i}")
+        await alice.wait(lambda _: len(alice.of("message_delivery_info")) == 6)
+        assert [info["queued"] for info in alice.of("message_delivery_info")[1:]] == [1] * 5
+
+        bob_again = await Client.connect(system.ws_url(0), b)
+        clients.append(bob_again)
+        assert await bob_again.next("queue_flushed") == {"count": 6}  # "before" was never acknowledged
+        assert [m["content"] for m in bob_again.messages()] == ["before"] + [
+            f"while gone {i}" for i in range(5)
+        ]
+        await bob_again.send("message_received", {"message_ids": [m["id"] for m in bob_again.messages()]})
+
+        await system.restart("gateway-1")
+        carol_user = unique("c")
+        carol = await Client.connect(system.ws_url(1), carol_user)
+        clients.append(carol)
+        await carol.next("queue_flushed")
+        system.processes["gateway-1"].send_signal(signal.SIGTERM)
+        # 1001 "going away" or 1012 "service restart": either way the client reconnects elsewhere.
+        assert await carol.wait_closed() in {1001, 1012}
     finally:
         for client in clients:
             await client.close()

@@ -35,6 +35,8 @@ class Client:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.frames: list[Frame] = []
+        # perf_counter() at which each new_message frame arrived, in order.
+        self.arrivals: list[float] = []
         self._cursor: dict[str, int] = {}
         self._changed = asyncio.Condition()
         self._reader = asyncio.create_task(self._read())
@@ -55,6 +57,8 @@ class Client:
         try:
             async for raw in self.ws:
                 frame = json.loads(raw)
+                if frame["event"] == "new_message":
+                    self.arrivals.append(time.perf_counter())
                 async with self._changed:
                     self.frames.append(frame)
                     self._changed.notify_all()

@@ -150,7 +150,13 @@ class EventConsumer:
             reraise=True,
         ):
             with attempt:
-                await self._commit(items)
+                try:
+                    await self._commit(items, isolate=False)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    # Some event in the batch is bad: run it again, each event in a savepoint.
+                    await self._commit(items, isolate=True)
         if await self._after_commit(items):
             await self._settle(items)
         else:
@@ -212,32 +218,53 @@ class EventConsumer:
             # the broker has already put them back, and the work is idempotent.
             log.warning("channel closed before settling a batch; the broker redelivers it")
 
-    async def _commit(self, items: list[_Item]) -> None:
+    async def _commit(self, items: list[_Item], *, isolate: bool) -> None:
+        """Run the handlers of a batch in one transaction.
+
+        Optimistically without savepoints (two round trips per event saved). With `isolate`,
+        the retry after a failure, each event runs in its own savepoint so the one that fails is
+        rolled back and dead-lettered alone.
+        """
+        runnable = [
+            (item, item.envelope, item.event, item.handler)
+            for item in items
+            if item.envelope is not None and item.event is not None and item.handler is not None
+        ]
         async with self.pool.acquire() as conn, conn.transaction():
+            # One statement marks the whole batch processed; what it did not insert was done before.
+            fresh = {
+                row[0]
+                for row in await conn.fetch(
+                    "INSERT INTO processed_events (event_id) SELECT unnest($1::uuid[])"
+                    " ON CONFLICT DO NOTHING RETURNING event_id",
+                    [envelope.id for _, envelope, _, _ in runnable],
+                )
+            }
             outbox = OutboxWriter(self.service)
-            for item in items:
-                if item.envelope is None or item.event is None or item.handler is None:
-                    continue
+            for item, envelope, event, handler in runnable:
+                first_time = envelope.id in fresh
+                fresh.discard(envelope.id)  # a second copy in the same batch is a repeat
                 item.failed = False
+                ctx = item.ctx = HandlerContext(
+                    conn, envelope, not first_time, OutboxWriter(self.service), self.bus
+                )
+                if not isolate:
+                    await handler(event, ctx)
+                    outbox.rows.extend(ctx.outbox.rows)
+                    continue
                 try:
                     async with conn.transaction():
-                        fresh = await conn.fetchval(
-                            "INSERT INTO processed_events (event_id) VALUES ($1)"
-                            " ON CONFLICT DO NOTHING RETURNING true",
-                            item.envelope.id,
-                        )
-                        item.ctx = HandlerContext(
-                            conn, item.envelope, not fresh, OutboxWriter(self.service), self.bus
-                        )
-                        await item.handler(item.event, item.ctx)
-                        outbox.rows.extend(item.ctx.outbox.rows)
+                        await handler(event, ctx)
+                    outbox.rows.extend(ctx.outbox.rows)
                 except Exception as exc:
                     if is_transient(exc):
                         raise
                     log.exception(
                         "handler failed; event dead-lettered",
-                        event_type=item.envelope.type,
-                        event_id=str(item.envelope.id),
+                        event_type=envelope.type,
+                        event_id=str(envelope.id),
                     )
                     item.failed = True
+                    if first_time:  # a replay from the dead-letter queue must not look done
+                        await conn.execute("DELETE FROM processed_events WHERE event_id = $1", envelope.id)
             await outbox.flush(conn)

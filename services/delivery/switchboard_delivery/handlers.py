@@ -40,12 +40,13 @@ async def on_member_removed(event: ChatMemberRemoved, ctx: HandlerContext) -> No
 
 async def on_message_stored(event: MessageStored, ctx: HandlerContext) -> None:
     message = event.message
-    recipients = recipients_of(await store.members(ctx.conn, message.chat_id), message.sender_id)
     frame = new_message_frame(message)
     if not ctx.duplicate:
-        await store.queue_message(ctx.conn, message.id, message.chat_id, message.seq, frame, recipients)
-    # On a redelivery only those who have not acknowledged yet get it again.
-    pending = await store.still_pending(ctx.conn, message.id) if ctx.duplicate else recipients
+        recipients = pending = await store.queue_message(ctx.conn, message, frame)
+    else:
+        # A redelivery: only those who have not acknowledged yet get it again.
+        recipients = recipients_of(await store.members(ctx.conn, message.chat_id), message.sender_id)
+        pending = await store.still_pending(ctx.conn, message.id)
     acked = len(recipients) - len(pending)
 
     async def route() -> None:

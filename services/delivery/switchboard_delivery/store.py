@@ -4,6 +4,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 from uuid import UUID
 
+from switchboard_contracts.models import MessageOut
 from switchboard_runtime.db import Conn
 
 
@@ -44,30 +45,27 @@ async def members(conn: Conn, chat_id: UUID) -> list[str]:
     ]
 
 
-async def queue_message(
-    conn: Conn,
-    message_id: UUID,
-    chat_id: UUID,
-    seq: int,
-    frame: bytes,
-    recipients: Sequence[str],
-) -> None:
-    """Keep the frame and a pending delivery per recipient until each acknowledges it."""
-    position = await conn.fetchval(
-        "INSERT INTO messages (message_id, chat_id, seq, frame) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (message_id) DO UPDATE SET seq = EXCLUDED.seq RETURNING position",
-        message_id,
-        chat_id,
-        seq,
+async def queue_message(conn: Conn, message: MessageOut, frame: bytes) -> list[str]:
+    """Keep the frame and a pending delivery for every member but the sender, in one round trip.
+
+    Returns those recipients. Membership is read in the same statement, so it is the membership
+    as of this message in delivery's order of events.
+    """
+    rows = await conn.fetch(
+        "WITH stored AS ("
+        "  INSERT INTO messages (message_id, chat_id, seq, frame) VALUES ($1, $2, $3, $4)"
+        "  ON CONFLICT (message_id) DO UPDATE SET seq = EXCLUDED.seq RETURNING position),"
+        " recipients AS (SELECT user_id FROM chat_members WHERE chat_id = $2 AND user_id <> $5)"
+        " INSERT INTO pending (user_id, message_id, position)"
+        " SELECT recipients.user_id, $1, stored.position FROM stored, recipients"
+        " ON CONFLICT DO NOTHING RETURNING user_id",
+        message.id,
+        message.chat_id,
+        message.seq,
         frame,
+        message.sender_id,
     )
-    await conn.execute(
-        "INSERT INTO pending (user_id, message_id, position)"
-        " SELECT unnest($1::text[]), $2, $3 ON CONFLICT DO NOTHING",
-        list(recipients),
-        message_id,
-        position,
-    )
+    return [row[0] for row in rows]
 
 
 async def still_pending(conn: Conn, message_id: UUID) -> list[str]:

@@ -106,5 +106,9 @@ def main() -> None:
             # Pings find dead peers (a phone that lost signal) within about 40 s.
             "ws_ping_interval": 20.0,
             "ws_ping_timeout": 20.0,
+            # No permessage-deflate: chat frames are small, compression costs the gateway CPU on
+            # every frame, and a compressed frame can expand far past the frame limit (a
+            # "deflate bomb") before that limit is checked.
+            "ws_per_message_deflate": False,
         },
     )

@@ -2,7 +2,6 @@
 
 from datetime import UTC, datetime
 
-import asyncpg
 import structlog
 
 from switchboard_contracts.errors import ErrorCode
@@ -42,41 +41,34 @@ def _rejected(ctx: HandlerContext, sent: MessageSent, code: ErrorCode, reason: s
 
 
 async def on_message_sent(sent: MessageSent, ctx: HandlerContext) -> None:
+    """Store a send once, as the chat's next seq; answer the sending session either way.
+
+    Three round trips on the common path: lock the chat (with the membership check), insert the
+    message (ON CONFLICT on (sender, tempId) detects a retry), append the event and bump the chat.
+    """
     if ctx.duplicate:
         return  # its answer and its MessageStored are already in the outbox or published
-    temp_id = str(sent.temp_id)
-    existing = await store.find_by_temp_id(ctx.conn, sent.sender_id, temp_id)
-    if existing is not None:
-        _sent(ctx, sent, existing)
-        return
-    chat = await store.lock_chat(ctx.conn, sent.chat_id)
-    if chat is None:
+    locked = await store.lock_chat_for_sender(ctx.conn, sent.chat_id, sent.sender_id)
+    if locked is None:
         _rejected(ctx, sent, ErrorCode.CHAT_NOT_FOUND, f"no chat {sent.chat_id}")
         return
-    if not await store.is_member(ctx.conn, chat.id, sent.sender_id):
+    chat, member = locked
+    if not member:
         _rejected(ctx, sent, ErrorCode.NOT_A_MEMBER, f"you are not a member of chat {chat.id}")
         return
     if sent.reply_to is not None and not await store.message_in_chat(ctx.conn, chat.id, sent.reply_to):
         _rejected(ctx, sent, ErrorCode.BAD_REQUEST, f"reply_to {sent.reply_to} is not a message of this chat")
         return
     message = next_message(chat, sent, datetime.now(UTC))
-    try:
-        async with ctx.conn.transaction():
-            await store.insert_message(ctx.conn, message, temp_id)
-    except asyncpg.DataError as exc:
-        # What the gateway's checks let through but PostgreSQL refuses: answer, do not retry.
-        _rejected(ctx, sent, ErrorCode.BAD_REQUEST, f"content cannot be stored: {exc.__class__.__name__}")
-        return
-    except asyncpg.UniqueViolationError:
-        # Another instance stored the same (sender, tempId) a moment ago: answer with that one.
-        winner = await store.find_by_temp_id(ctx.conn, sent.sender_id, temp_id)
-        if winner is None:
-            raise
-        _sent(ctx, sent, winner)
+    if not await store.insert_message(ctx.conn, message, str(sent.temp_id)):
+        # A retry of a send already stored (maybe by another instance a moment ago): same answer.
+        existing = await store.find_by_temp_id(ctx.conn, sent.sender_id, str(sent.temp_id))
+        if existing is None:
+            raise RuntimeError("tempId conflict without a stored message")
+        _sent(ctx, sent, existing)
         return
     envelope = ctx.outbox.emit(MessageStored(message=message, temp_id=sent.temp_id, origin=sent.origin))
-    await store.append_event(ctx.conn, chat.id, chat.version + 1, envelope)
-    await store.save_chat_state(ctx.conn, chat.id, chat.version + 1, message.seq)
+    await store.append_to_chat(ctx.conn, chat, envelope, message.seq)
     _sent(ctx, sent, message)
 
 

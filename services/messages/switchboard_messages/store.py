@@ -14,6 +14,7 @@ from .domain import ChatState
 
 __all__ = [
     "append_event",
+    "append_to_chat",
     "chat_out",
     "chats_of",
     "find_by_temp_id",
@@ -23,6 +24,7 @@ __all__ = [
     "insert_message",
     "is_member",
     "lock_chat",
+    "lock_chat_for_sender",
     "message_in_chat",
     "remove_member",
     "save_chat_state",
@@ -46,6 +48,20 @@ async def lock_chat(conn: Conn, chat_id: UUID) -> ChatState | None:
         "SELECT id, type, version, last_seq FROM chats WHERE id = $1 FOR UPDATE", chat_id
     )
     return ChatState(row["id"], row["type"], row["version"], row["last_seq"]) if row else None
+
+
+async def lock_chat_for_sender(conn: Conn, chat_id: UUID, sender_id: str) -> tuple[ChatState, bool] | None:
+    """Lock the chat (serialising its writers) and say whether the sender is a member, in one trip."""
+    row = await conn.fetchrow(
+        "SELECT c.id, c.type, c.version, c.last_seq,"
+        " EXISTS (SELECT 1 FROM chat_members m WHERE m.chat_id = c.id AND m.user_id = $2) AS member"
+        " FROM chats c WHERE c.id = $1 FOR UPDATE OF c",
+        chat_id,
+        sender_id,
+    )
+    if row is None:
+        return None
+    return ChatState(row["id"], row["type"], row["version"], row["last_seq"]), row["member"]
 
 
 async def save_chat_state(conn: Conn, chat_id: UUID, version: int, last_seq: int) -> None:
@@ -75,6 +91,23 @@ async def append_event(conn: Conn, stream_id: UUID, version: int, envelope: Enve
     )
 
 
+async def append_to_chat(conn: Conn, chat: ChatState, envelope: Envelope, last_seq: int) -> None:
+    """Append the chat's next event and move its version (and last seq) on, in one round trip."""
+    await conn.execute(
+        "WITH appended AS ("
+        " INSERT INTO event_log (event_id, stream_id, stream_version, type, data, recorded_at)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb, $6))"
+        " UPDATE chats SET version = $3, last_seq = $7 WHERE id = $2",
+        envelope.id,
+        chat.id,
+        chat.version + 1,
+        envelope.type,
+        to_json(envelope.data).decode(),
+        envelope.time,
+        last_seq,
+    )
+
+
 async def find_by_temp_id(conn: Conn, sender_id: str, temp_id: str) -> MessageOut | None:
     row = await conn.fetchrow(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND temp_id = $2",  # noqa: S608
@@ -90,9 +123,11 @@ async def message_in_chat(conn: Conn, chat_id: UUID, message_id: UUID) -> bool:
     )
 
 
-async def insert_message(conn: Conn, message: MessageOut, temp_id: str) -> None:
-    await conn.execute(
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}, temp_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",  # noqa: S608
+async def insert_message(conn: Conn, message: MessageOut, temp_id: str) -> bool:
+    """False when this sender already stored a message with this tempId (nothing is written)."""
+    stored = await conn.fetchval(
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}, temp_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"  # noqa: S608
+        " ON CONFLICT (sender_id, temp_id) DO NOTHING RETURNING true",
         message.id,
         message.chat_id,
         message.seq,
@@ -103,6 +138,7 @@ async def insert_message(conn: Conn, message: MessageOut, temp_id: str) -> None:
         message.created_at,
         temp_id,
     )
+    return bool(stored)
 
 
 async def insert_chat(conn: Conn, chat: ChatOut, created_by: str) -> None:

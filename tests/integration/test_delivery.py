@@ -136,3 +136,19 @@ async def test_health_and_metrics_endpoints(connect: Connector) -> None:
         text = (await http.get(f"{system.gateway_url(0)}/metrics")).text
     families = {family.name: family for family in text_string_to_metric_families(text)}
     assert families["switchboard_gateway_sessions"].samples[0].value >= 1
+
+
+async def test_a_reply_names_a_message_of_the_same_chat(connect: Connector) -> None:
+    a, b = unique("a"), unique("b")
+    chat = await connect.api(a).create_chat([b], kind="direct")
+    other = await connect.api(a).create_chat([unique("c")], kind="direct")
+    alice, bob = await connect(a), await connect(b)
+    await bob.next("queue_flushed")
+    await alice.send_message(chat, "question")
+    question = (await alice.next("message_sent"))["message"]
+
+    await bob.send_message(chat, "answer", reply_to=question["id"])
+    answer = (await bob.next("message_sent"))["message"]
+    assert answer["reply_to"] == question["id"] and answer["seq"] == 2
+    await alice.send_message(other, "wrong chat", reply_to=question["id"])
+    assert (await alice.next("message_error"))["code"] == "bad_request"

@@ -39,11 +39,24 @@ from .db import Conn
 from .outbox import OutboxWriter
 from .transient import is_transient
 
-__all__ = ["EventConsumer", "Handler", "HandlerContext"]
+__all__ = ["Batched", "EventConsumer", "Handler", "HandlerContext"]
 
 log = structlog.get_logger()
 
-Handler = Callable[[Any, "HandlerContext"], Awaitable[None]]
+EventHandler = Callable[[Any, "HandlerContext"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Batched:
+    """A handler that takes, in one call and in order, every event of its type in a run of the
+    batch, so it can read and write with a few set-based statements instead of a few per event.
+    (When a batch is redone event by event to isolate a failure, it is called with one at a time.)
+    """
+
+    handle: Callable[[list[tuple[Any, "HandlerContext"]]], Awaitable[None]]
+
+
+Handler = EventHandler | Batched
 
 EVENTS = Counter("switchboard_events_total", "Events handled, by outcome", ["service", "type", "outcome"])
 BATCH_SECONDS = Histogram(
@@ -241,30 +254,59 @@ class EventConsumer:
                 )
             }
             outbox = OutboxWriter(self.service)
-            for item, envelope, event, handler in runnable:
+            contexts = []
+            for item, envelope, _, _ in runnable:
                 first_time = envelope.id in fresh
                 fresh.discard(envelope.id)  # a second copy in the same batch is a repeat
                 item.failed = False
-                ctx = item.ctx = HandlerContext(
+                item.ctx = HandlerContext(
                     conn, envelope, not first_time, OutboxWriter(self.service), self.bus
                 )
-                if not isolate:
-                    await handler(event, ctx)
-                    outbox.rows.extend(ctx.outbox.rows)
-                    continue
-                try:
-                    async with conn.transaction():
-                        await handler(event, ctx)
-                    outbox.rows.extend(ctx.outbox.rows)
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise
-                    log.exception(
-                        "handler failed; event dead-lettered",
-                        event_type=envelope.type,
-                        event_id=str(envelope.id),
-                    )
-                    item.failed = True
-                    if first_time:  # a replay from the dead-letter queue must not look done
-                        await conn.execute("DELETE FROM processed_events WHERE event_id = $1", envelope.id)
+                contexts.append(item.ctx)
+            if not isolate:
+                for handler, run in _runs(
+                    [(h, (e, c)) for (_, _, e, h), c in zip(runnable, contexts, strict=True)]
+                ):
+                    if isinstance(handler, Batched):
+                        await handler.handle(run)
+                    else:
+                        for event, ctx in run:
+                            await handler(event, ctx)
+            else:
+                for (item, envelope, event, handler), ctx in zip(runnable, contexts, strict=True):
+                    try:
+                        async with conn.transaction():
+                            if isinstance(handler, Batched):
+                                await handler.handle([(event, ctx)])
+                            else:
+                                await handler(event, ctx)
+                    except Exception as exc:
+                        if is_transient(exc):
+                            raise
+                        log.exception(
+                            "handler failed; event dead-lettered",
+                            event_type=envelope.type,
+                            event_id=str(envelope.id),
+                        )
+                        item.failed = True
+                        if not ctx.duplicate:  # a replay from the dead-letter queue must not look done
+                            await conn.execute(
+                                "DELETE FROM processed_events WHERE event_id = $1", envelope.id
+                            )
+            for item in items:
+                if item.ctx is not None and not item.failed:
+                    outbox.rows.extend(item.ctx.outbox.rows)
             await outbox.flush(conn)
+
+
+def _runs(
+    pairs: list[tuple[Handler, tuple[Any, HandlerContext]]],
+) -> list[tuple[Handler, list[tuple[Any, HandlerContext]]]]:
+    """Consecutive events with the same handler, grouped in order."""
+    runs: list[tuple[Handler, list[tuple[Any, HandlerContext]]]] = []
+    for handler, pair in pairs:
+        if runs and runs[-1][0] is handler:
+            runs[-1][1].append(pair)
+        else:
+            runs.append((handler, [pair]))
+    return runs

@@ -1,6 +1,7 @@
 """Pure rules of the messages service: no I/O, so they are tested directly."""
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID, uuid4
 
@@ -9,7 +10,19 @@ from switchboard_contracts.events import MessageSent
 from switchboard_contracts.models import CreateChat, MessageOut
 from switchboard_runtime.http_errors import ApiError
 
-__all__ = ["ChatState", "DomainError", "chat_members_for", "check_membership_change", "next_message"]
+__all__ = [
+    "BatchFacts",
+    "ChatState",
+    "DomainError",
+    "Outcome",
+    "Refused",
+    "Repeated",
+    "Stored",
+    "chat_members_for",
+    "check_membership_change",
+    "next_message",
+    "plan_sends",
+]
 
 
 class DomainError(ApiError):
@@ -52,3 +65,65 @@ def next_message(chat: ChatState, sent: MessageSent, now: datetime) -> MessageOu
         reply_to=sent.reply_to,
         created_at=now,
     )
+
+
+@dataclass(frozen=True)
+class Stored:
+    message: MessageOut
+    # The chat stream's version this message's event takes in the log.
+    version: int
+
+
+@dataclass(frozen=True)
+class Repeated:
+    """A retry of a send already stored: answered with the first message, nothing written."""
+
+    message: MessageOut
+
+
+@dataclass(frozen=True)
+class Refused:
+    code: ErrorCode
+    reason: str
+
+
+Outcome = Stored | Repeated | Refused
+
+
+@dataclass
+class BatchFacts:
+    """What the database said about a batch of sends, read in a few set-based queries."""
+
+    chats: dict[UUID, ChatState]
+    memberships: set[tuple[UUID, str]]
+    stored: dict[tuple[str, str], MessageOut]
+    replies: set[tuple[UUID, UUID]] = field(default_factory=set)
+
+
+def plan_sends(sends: Sequence[MessageSent], facts: BatchFacts, now: datetime) -> list[Outcome]:
+    """Decide every send of a batch in order: its seq, a retry, or a refusal.
+
+    Pure: it reads `facts` and advances `facts.chats` (version, last seq) as messages are
+    placed, and records new messages in `facts.stored` so a retry later in the same batch is
+    recognised. The caller writes the result.
+    """
+    outcomes: list[Outcome] = []
+    for sent in sends:
+        key = (sent.sender_id, str(sent.temp_id))
+        chat = facts.chats.get(sent.chat_id)
+        if key in facts.stored:
+            outcomes.append(Repeated(facts.stored[key]))
+        elif chat is None:
+            outcomes.append(Refused(ErrorCode.CHAT_NOT_FOUND, f"no chat {sent.chat_id}"))
+        elif (chat.id, sent.sender_id) not in facts.memberships:
+            outcomes.append(Refused(ErrorCode.NOT_A_MEMBER, f"you are not a member of chat {chat.id}"))
+        elif sent.reply_to is not None and (chat.id, sent.reply_to) not in facts.replies:
+            reason = f"reply_to {sent.reply_to} is not a message of this chat"
+            outcomes.append(Refused(ErrorCode.BAD_REQUEST, reason))
+        else:
+            message = next_message(chat, sent, now)
+            facts.chats[chat.id] = ChatState(chat.id, chat.type, chat.version + 1, message.seq)
+            facts.stored[key] = message
+            facts.replies.add((chat.id, message.id))
+            outcomes.append(Stored(message, chat.version + 1))
+    return outcomes

@@ -9,12 +9,12 @@ from switchboard_contracts.events import Event, MessageSent, MessageStored, Orig
 from switchboard_contracts.models import MessageOut
 from switchboard_contracts.topology import Headers, Topology
 from switchboard_contracts.wire import encode_frame, message_error_frame
-from switchboard_runtime.consumer import Handler, HandlerContext
+from switchboard_runtime.consumer import Batched, Handler, HandlerContext
 
 from . import store
-from .domain import next_message
+from .domain import BatchFacts, Refused, Stored, plan_sends
 
-__all__ = ["HANDLERS", "on_message_sent"]
+__all__ = ["HANDLERS", "on_messages_sent"]
 
 log = structlog.get_logger()
 
@@ -40,36 +40,56 @@ def _rejected(ctx: HandlerContext, sent: MessageSent, code: ErrorCode, reason: s
     _reply(ctx, sent.origin, message_error_frame(sent.temp_id, code, reason))
 
 
-async def on_message_sent(sent: MessageSent, ctx: HandlerContext) -> None:
-    """Store a send once, as the chat's next seq; answer the sending session either way.
+async def on_messages_sent(batch: list[tuple[MessageSent, HandlerContext]]) -> None:
+    """Store each send once, as its chat's next seq, and answer every sending session.
 
-    Three round trips on the common path: lock the chat (with the membership check), insert the
-    message (ON CONFLICT on (sender, tempId) detects a retry), append the event and bump the chat.
+    Set-based: four reads and three writes for the whole batch (lock the chats, membership,
+    earlier tempIds, reply targets; insert messages, append events, move the chats on), then
+    the outbox. The rules themselves are `plan_sends`, pure.
     """
-    if ctx.duplicate:
-        return  # its answer and its MessageStored are already in the outbox or published
-    locked = await store.lock_chat_for_sender(ctx.conn, sent.chat_id, sent.sender_id)
-    if locked is None:
-        _rejected(ctx, sent, ErrorCode.CHAT_NOT_FOUND, f"no chat {sent.chat_id}")
-        return
-    chat, member = locked
-    if not member:
-        _rejected(ctx, sent, ErrorCode.NOT_A_MEMBER, f"you are not a member of chat {chat.id}")
-        return
-    if sent.reply_to is not None and not await store.message_in_chat(ctx.conn, chat.id, sent.reply_to):
-        _rejected(ctx, sent, ErrorCode.BAD_REQUEST, f"reply_to {sent.reply_to} is not a message of this chat")
-        return
-    message = next_message(chat, sent, datetime.now(UTC))
-    if not await store.insert_message(ctx.conn, message, str(sent.temp_id)):
-        # A retry of a send already stored (maybe by another instance a moment ago): same answer.
-        existing = await store.find_by_temp_id(ctx.conn, sent.sender_id, str(sent.temp_id))
-        if existing is None:
-            raise RuntimeError("tempId conflict without a stored message")
-        _sent(ctx, sent, existing)
-        return
-    envelope = ctx.outbox.emit(MessageStored(message=message, temp_id=sent.temp_id, origin=sent.origin))
-    await store.append_to_chat(ctx.conn, chat, envelope, message.seq)
-    _sent(ctx, sent, message)
+    fresh = [(sent, ctx) for sent, ctx in batch if not ctx.duplicate]
+    if not fresh:
+        return  # answers and MessageStored of a repeat are already in the outbox or published
+    conn = fresh[0][1].conn
+    sends = [sent for sent, _ in fresh]
+    facts = BatchFacts(
+        chats=await store.lock_chats(conn, {sent.chat_id for sent in sends}),
+        memberships=await store.memberships(conn, {(sent.chat_id, sent.sender_id) for sent in sends}),
+        stored=await store.stored_by_temp_id(conn, {(sent.sender_id, str(sent.temp_id)) for sent in sends}),
+        replies=await store.messages_in_chats(
+            conn, {(sent.chat_id, sent.reply_to) for sent in sends if sent.reply_to is not None}
+        ),
+    )
+    before = dict(facts.chats)
+    outcomes = plan_sends(sends, facts, datetime.now(UTC))
+    stored = [
+        (sent, ctx, outcome)
+        for (sent, ctx), outcome in zip(fresh, outcomes, strict=True)
+        if isinstance(outcome, Stored)
+    ]
+    if stored:
+        await store.insert_messages(
+            conn, [(outcome.message, str(sent.temp_id)) for sent, _, outcome in stored]
+        )
+        events = [
+            (
+                outcome.message.chat_id,
+                outcome.version,
+                ctx.outbox.emit(
+                    MessageStored(message=outcome.message, temp_id=sent.temp_id, origin=sent.origin)
+                ),
+            )
+            for sent, ctx, outcome in stored
+        ]
+        await store.append_events(conn, events)
+        await store.save_chat_states(
+            conn, [chat for chat_id, chat in facts.chats.items() if chat != before.get(chat_id)]
+        )
+    for (sent, ctx), outcome in zip(fresh, outcomes, strict=True):
+        if isinstance(outcome, Refused):
+            _rejected(ctx, sent, outcome.code, outcome.reason)
+        else:
+            _sent(ctx, sent, outcome.message)
 
 
-HANDLERS: dict[type[Event], Handler] = {MessageSent: on_message_sent}
+HANDLERS: dict[type[Event], Handler] = {MessageSent: Batched(on_messages_sent)}

@@ -1,6 +1,6 @@
 """SQL of the messages service. Every function runs on the connection it is given."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -13,19 +13,21 @@ from switchboard_runtime.db import Conn
 from .domain import ChatState
 
 __all__ = [
+    "append_events",
+    "insert_messages",
+    "lock_chats",
+    "memberships",
+    "messages_in_chats",
+    "save_chat_states",
+    "stored_by_temp_id",
     "append_event",
-    "append_to_chat",
     "chat_out",
     "chats_of",
-    "find_by_temp_id",
     "history",
     "insert_chat",
     "insert_member",
-    "insert_message",
     "is_member",
     "lock_chat",
-    "lock_chat_for_sender",
-    "message_in_chat",
     "remove_member",
     "save_chat_state",
 ]
@@ -48,20 +50,6 @@ async def lock_chat(conn: Conn, chat_id: UUID) -> ChatState | None:
         "SELECT id, type, version, last_seq FROM chats WHERE id = $1 FOR UPDATE", chat_id
     )
     return ChatState(row["id"], row["type"], row["version"], row["last_seq"]) if row else None
-
-
-async def lock_chat_for_sender(conn: Conn, chat_id: UUID, sender_id: str) -> tuple[ChatState, bool] | None:
-    """Lock the chat (serialising its writers) and say whether the sender is a member, in one trip."""
-    row = await conn.fetchrow(
-        "SELECT c.id, c.type, c.version, c.last_seq,"
-        " EXISTS (SELECT 1 FROM chat_members m WHERE m.chat_id = c.id AND m.user_id = $2) AS member"
-        " FROM chats c WHERE c.id = $1 FOR UPDATE OF c",
-        chat_id,
-        sender_id,
-    )
-    if row is None:
-        return None
-    return ChatState(row["id"], row["type"], row["version"], row["last_seq"]), row["member"]
 
 
 async def save_chat_state(conn: Conn, chat_id: UUID, version: int, last_seq: int) -> None:
@@ -89,56 +77,6 @@ async def append_event(conn: Conn, stream_id: UUID, version: int, envelope: Enve
         to_json(envelope.data).decode(),
         envelope.time,
     )
-
-
-async def append_to_chat(conn: Conn, chat: ChatState, envelope: Envelope, last_seq: int) -> None:
-    """Append the chat's next event and move its version (and last seq) on, in one round trip."""
-    await conn.execute(
-        "WITH appended AS ("
-        " INSERT INTO event_log (event_id, stream_id, stream_version, type, data, recorded_at)"
-        " VALUES ($1, $2, $3, $4, $5::jsonb, $6))"
-        " UPDATE chats SET version = $3, last_seq = $7 WHERE id = $2",
-        envelope.id,
-        chat.id,
-        chat.version + 1,
-        envelope.type,
-        to_json(envelope.data).decode(),
-        envelope.time,
-        last_seq,
-    )
-
-
-async def find_by_temp_id(conn: Conn, sender_id: str, temp_id: str) -> MessageOut | None:
-    row = await conn.fetchrow(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND temp_id = $2",  # noqa: S608
-        sender_id,
-        temp_id,
-    )
-    return _message(row) if row else None
-
-
-async def message_in_chat(conn: Conn, chat_id: UUID, message_id: UUID) -> bool:
-    return bool(
-        await conn.fetchval("SELECT true FROM messages WHERE id = $1 AND chat_id = $2", message_id, chat_id)
-    )
-
-
-async def insert_message(conn: Conn, message: MessageOut, temp_id: str) -> bool:
-    """False when this sender already stored a message with this tempId (nothing is written)."""
-    stored = await conn.fetchval(
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}, temp_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"  # noqa: S608
-        " ON CONFLICT (sender_id, temp_id) DO NOTHING RETURNING true",
-        message.id,
-        message.chat_id,
-        message.seq,
-        message.sender_id,
-        message.content,
-        message.message_type,
-        message.reply_to,
-        message.created_at,
-        temp_id,
-    )
-    return bool(stored)
 
 
 async def insert_chat(conn: Conn, chat: ChatOut, created_by: str) -> None:
@@ -197,3 +135,96 @@ async def history(conn: Conn, chat_id: UUID, before_seq: int | None, limit: int)
         limit,
     )
     return [_message(row) for row in reversed(rows)]
+
+
+# Set-based reads and writes for a batch of sends: a handful of statements per batch, whatever
+# its size, instead of a few round trips per message.
+
+
+async def lock_chats(conn: Conn, chat_ids: Collection[UUID]) -> dict[UUID, ChatState]:
+    """Lock these chats for the rest of the transaction; in id order, so two writers never deadlock."""
+    rows = await conn.fetch(
+        "SELECT id, type, version, last_seq FROM chats WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+        list(chat_ids),
+    )
+    return {row["id"]: ChatState(row["id"], row["type"], row["version"], row["last_seq"]) for row in rows}
+
+
+async def memberships(conn: Conn, pairs: Collection[tuple[UUID, str]]) -> set[tuple[UUID, str]]:
+    rows = await conn.fetch(
+        "SELECT chat_id, user_id FROM chat_members"
+        " JOIN unnest($1::uuid[], $2::text[]) AS asked (chat_id, user_id) USING (chat_id, user_id)",
+        [chat for chat, _ in pairs],
+        [user for _, user in pairs],
+    )
+    return {(row[0], row[1]) for row in rows}
+
+
+async def stored_by_temp_id(
+    conn: Conn, keys: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], MessageOut]:
+    rows = await conn.fetch(
+        f"SELECT {_MESSAGE_COLUMNS}, temp_id FROM messages"  # noqa: S608
+        " JOIN unnest($1::text[], $2::text[]) AS asked (sender_id, temp_id) USING (sender_id, temp_id)",
+        [sender for sender, _ in keys],
+        [temp for _, temp in keys],
+    )
+    return {(row["sender_id"], row["temp_id"]): _message(row) for row in rows}
+
+
+async def messages_in_chats(conn: Conn, pairs: Collection[tuple[UUID, UUID]]) -> set[tuple[UUID, UUID]]:
+    if not pairs:
+        return set()
+    rows = await conn.fetch(
+        "SELECT chat_id, id FROM messages"
+        " JOIN unnest($1::uuid[], $2::uuid[]) AS asked (chat_id, id) USING (chat_id, id)",
+        [chat for chat, _ in pairs],
+        [message for _, message in pairs],
+    )
+    return {(row[0], row[1]) for row in rows}
+
+
+async def insert_messages(conn: Conn, messages: Sequence[tuple[MessageOut, str]]) -> None:
+    inserted = await conn.fetchval(
+        "WITH added AS ("  # noqa: S608 - _MESSAGE_COLUMNS is a constant
+        f" INSERT INTO messages ({_MESSAGE_COLUMNS}, temp_id)"
+        " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[],"
+        " $7::uuid[], $8::timestamptz[], $9::text[])"
+        " ON CONFLICT (sender_id, temp_id) DO NOTHING RETURNING 1)"
+        " SELECT count(*) FROM added",
+        [m.id for m, _ in messages],
+        [m.chat_id for m, _ in messages],
+        [m.seq for m, _ in messages],
+        [m.sender_id for m, _ in messages],
+        [m.content for m, _ in messages],
+        [m.message_type for m, _ in messages],
+        [m.reply_to for m, _ in messages],
+        [m.created_at for m, _ in messages],
+        [temp_id for _, temp_id in messages],
+    )
+    if inserted != len(messages):
+        # Another writer stored one of these (sender, tempId) pairs after this batch looked:
+        # only possible with two active instances. The batch is redone event by event.
+        raise RuntimeError(f"{len(messages) - inserted} send(s) stored concurrently; redo the batch")
+
+
+async def append_events(conn: Conn, events: Sequence[tuple[UUID, int, Envelope]]) -> None:
+    await conn.executemany(
+        "INSERT INTO event_log (event_id, stream_id, stream_version, type, data, recorded_at)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb, $6)",
+        [
+            (envelope.id, stream, version, envelope.type, to_json(envelope.data).decode(), envelope.time)
+            for stream, version, envelope in events
+        ],
+    )
+
+
+async def save_chat_states(conn: Conn, chats: Collection[ChatState]) -> None:
+    await conn.execute(
+        "UPDATE chats SET version = v.version, last_seq = v.last_seq"
+        " FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS v (id, version, last_seq)"
+        " WHERE chats.id = v.id",
+        [chat.id for chat in chats],
+        [chat.version for chat in chats],
+        [chat.last_seq for chat in chats],
+    )

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 import httpx
+from tenacity import AsyncRetrying, stop_after_delay, stop_any, wait_fixed
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -54,17 +55,21 @@ class Process:
             self.popen = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     async def wait_ready(self) -> None:
-        async with httpx.AsyncClient() as client:
-            deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
-            while True:
-                if self.popen is not None and self.popen.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}/readyz", timeout=2)).status_code == 200:
-                        return
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"{self.name} not ready after {READY_TIMEOUT}s:\n{self.tail()}")
-                await asyncio.sleep(0.2)  # polling /readyz: the process offers no event to await
+        """Poll /readyz (the process offers no event to await) until it answers 200."""
+
+        def exited(_: object = None) -> bool:
+            return self.popen is not None and self.popen.poll() is not None
+
+        try:
+            async with httpx.AsyncClient() as client:
+                async for attempt in AsyncRetrying(
+                    stop=stop_any(stop_after_delay(READY_TIMEOUT), exited), wait=wait_fixed(0.2), reraise=True
+                ):
+                    with attempt:
+                        (await client.get(f"{self.url}/readyz", timeout=2)).raise_for_status()
+        except httpx.HTTPError as exc:
+            state = "exited" if exited() else f"not ready after {READY_TIMEOUT}s"
+            raise RuntimeError(f"{self.name} {state}:\n{self.tail()}") from exc
 
     def send_signal(self, sig: signal.Signals) -> None:
         if self.popen is not None and self.popen.poll() is None:

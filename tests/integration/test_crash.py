@@ -10,6 +10,9 @@ from .client import Api, Client, unique
 from .system import System, running_system
 
 TOTAL = 500
+# The load's shape, not a synchronisation: an open-loop pace of about 200 msg/s, so the kills
+# land while messages are in flight.
+SEND_INTERVAL = 0.005
 
 
 @pytest.fixture
@@ -48,8 +51,7 @@ async def test_kill9_messages_then_delivery_loses_and_doubles_nothing(crashing_s
         async def send_all() -> None:
             for i in range(TOTAL):
                 await alice.send_message(group if i % 2 else direct, f"m{i}", temp_id=f"t{i}")
-                # An open-loop pace of about 200 msg/s, so the kills land mid-stream.
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(SEND_INTERVAL)
 
         sender = asyncio.create_task(send_all())
         await alice.wait(lambda _: len(alice.of("message_sent")) >= 100, timeout=60)

@@ -52,7 +52,7 @@ class Session:
     buffer_bytes_limit: int = 16 * 1024 * 1024
     # A flush that has not finished by then (delivery or presence down) ends the session with
     # 1013, so the client reconnects and gets a whole flush rather than live messages out of order.
-    flush_timeout: float = 30.0
+    flush_timeout: float = 120.0
     device_id: str | None = None
     # Called with the position to continue after when a flush page is done and there is room.
     request_page: Callable[[int], Coroutine[Any, Any, None]] | None = None

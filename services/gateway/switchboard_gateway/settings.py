@@ -26,9 +26,11 @@ class Settings(CommonSettings):
     # grow the gateway without bound.
     send_buffer_frames: int = Field(10_000, ge=10)
     send_buffer_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
-    # A queue flush not finished by then (delivery or presence down) closes the session with 1013
-    # so the client reconnects and is flushed whole, rather than getting live messages out of order.
-    flush_timeout_seconds: float = Field(30.0, gt=0)
+    # A queue flush not finished by then closes the session with 1013, so the client reconnects
+    # and is flushed whole rather than getting live messages out of order. Two minutes: long
+    # enough for a slow phone to read a 10,000-message backlog, or for delivery to get through a
+    # lag after a restart, without the session giving up and joining the back of the queue again.
+    flush_timeout_seconds: float = Field(120.0, gt=0)
     # Presence expires a gateway's sessions after about three missed beats.
     heartbeat_seconds: float = Field(5.0, gt=0)
     # Unacknowledged route deliveries in flight to this gateway; each is handed to in-memory

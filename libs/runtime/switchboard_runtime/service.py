@@ -90,6 +90,24 @@ def add_health_routes(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> Non
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+# Pruning runs hourly: the table only needs to stay bounded, not exact.
+PRUNE_INTERVAL_SECONDS = 3600.0
+
+
+async def prune_processed(pool: asyncpg.Pool, retention_hours: float) -> None:
+    """Forget processed event ids older than the retention, so `processed_events` stays bounded."""
+    while True:
+        try:
+            status = await pool.execute(
+                "DELETE FROM processed_events WHERE processed_at < now() - make_interval(secs => $1)",
+                retention_hours * 3600,
+            )
+            log.info("processed events pruned", deleted=status.split()[-1])
+        except Exception:
+            log.exception("pruning processed events failed; next try in an hour")
+        await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
+
 @asynccontextmanager
 async def event_service(
     service: str,
@@ -114,6 +132,7 @@ async def event_service(
     )
     await consumer.declare()
     spawn(OutboxRelay(pool, bus).run(), runtime.tasks, "outbox-relay")
+    spawn(prune_processed(pool, settings.processed_retention_hours), runtime.tasks, "prune-processed")
     spawn(consumer.run(), runtime.tasks, "consumer")
     for name, coro in (extra(pool) if extra else {}).items():
         spawn(coro, runtime.tasks, name)

@@ -20,3 +20,6 @@ class CommonSettings(BaseSettings):
     # a 200-row commit is where asyncpg's insert rate levels off on this kind of machine.
     prefetch: int = Field(400, ge=1, le=10_000)
     batch_size: int = Field(200, ge=1, le=5_000)
+    # How long an event id is remembered as processed. A redelivery comes within seconds or, after
+    # an outage, hours; a week is far past both, and keeps the table from growing forever.
+    processed_retention_hours: float = Field(168.0, gt=0)

@@ -138,6 +138,9 @@ class SessionOpened(Event):
     user_id: str
     gateway_id: str
     device_id: str | None = None
+    # Names this catch-up: the pages delivery sends for it carry it, so a page left over from an
+    # earlier catch-up of the same session is told apart and ignored.
+    flush_id: str = ""
 
 
 class SessionClosed(Event):
@@ -163,6 +166,7 @@ class FlushRequested(Event):
     session_id: str
     user_id: str
     gateway_id: str
+    flush_id: str
     # Delivery's position of the last message already flushed to this session.
     after_position: int
 
@@ -176,6 +180,7 @@ class SessionRegistered(Event):
     user_id: str
     gateway_id: str
     user_went_online: bool
+    flush_id: str = ""
 
 
 class UserWentOnline(Event):

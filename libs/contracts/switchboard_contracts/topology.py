@@ -67,6 +67,10 @@ class Headers:
     # to continue after.
     COUNT = "sb-count"
     MORE = "sb-more"
+    # On "flush" and "flush-done": which catch-up and which page (the position it started after)
+    # they belong to, so a late or repeated page is recognised and ignored.
+    FLUSH = "sb-flush"
+    AFTER = "sb-after"
 
 
 @dataclass(frozen=True)

@@ -194,8 +194,9 @@ class EventConsumer:
                     # Started in batch order, so their publishes reach the channel in that order
                     # (its lock is FIFO) while all their confirms are awaited together.
                     results = await asyncio.gather(*(action() for action in pending), return_exceptions=True)
+                    # BaseException: a cancelled publish is not a sent one.
                     failed = [
-                        (a, r) for a, r in zip(pending, results, strict=True) if isinstance(r, Exception)
+                        (a, r) for a, r in zip(pending, results, strict=True) if isinstance(r, BaseException)
                     ]
                     pending = [action for action, _ in failed]
                     if failed:
@@ -214,7 +215,10 @@ class EventConsumer:
         try:
             if requeue:
                 for item in items:
-                    await item.message.nack(requeue=True)
+                    if item.failed:  # poison stays poison: to the dead-letter queue, not back
+                        await item.message.reject(requeue=False)
+                    else:
+                        await item.message.nack(requeue=True)
                 return
             for item in items:
                 if item.failed:
@@ -283,6 +287,8 @@ class EventConsumer:
                     except Exception as exc:
                         if is_transient(exc):
                             raise
+                        if conn.is_closed():
+                            raise ConnectionError("database connection lost during the batch") from exc
                         log.exception(
                             "handler failed; event dead-lettered",
                             event_type=envelope.type,

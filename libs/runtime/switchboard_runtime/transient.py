@@ -28,9 +28,20 @@ _ALWAYS = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, _ALWAYS):
-        return True
-    if isinstance(exc, asyncpg.PostgresError):
-        state = exc.sqlstate or ""
-        return state[:2] in TRANSIENT_SQLSTATE_CLASSES or state == READ_ONLY_TRANSACTION
+    """True when this error, or one it was raised from or while handling, is transient.
+
+    The chain matters: a connection lost inside a savepoint surfaces as asyncpg's InterfaceError
+    ("connection is closed") raised while handling the real ConnectionDoesNotExistError.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _ALWAYS):
+            return True
+        if isinstance(current, asyncpg.PostgresError):
+            state = current.sqlstate or ""
+            if state[:2] in TRANSIENT_SQLSTATE_CLASSES or state == READ_ONLY_TRANSACTION:
+                return True
+        current = current.__cause__ or current.__context__
     return False

@@ -1,10 +1,10 @@
 """Pure rules of the delivery service."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from uuid import UUID
 
-__all__ = ["FlushPage", "delivery_info", "page_length", "recipients_of"]
+__all__ = ["FlushPage", "delivery_info", "recipients_of"]
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,3 @@ def delivery_info(message_id: UUID, recipients: int, routed: int) -> dict[str, o
         "queued": recipients - routed,
         "total": recipients,
     }
-
-
-def page_length(frames: Sequence[bytes], max_bytes: int) -> int:
-    """How many of these frames fit in one page (always at least one, so a flush makes progress)."""
-    total = 0
-    for count, frame in enumerate(frames):
-        total += len(frame)
-        if total > max_bytes and count > 0:
-            return count
-    return len(frames)

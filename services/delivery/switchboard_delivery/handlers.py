@@ -21,7 +21,7 @@ from switchboard_runtime.amqp import Bus
 from switchboard_runtime.consumer import Handler, HandlerContext
 
 from . import store
-from .domain import FlushPage, delivery_info, page_length, recipients_of
+from .domain import FlushPage, delivery_info, recipients_of
 
 __all__ = ["handlers_for"]
 
@@ -93,11 +93,13 @@ async def on_delivery_acked(event: DeliveryAcked, ctx: HandlerContext) -> None:
 
 async def on_session_registered(event: SessionRegistered, ctx: HandlerContext, *, limits: FlushPage) -> None:
     """A session opened: send it what its user has not acknowledged, first page."""
-    await _flush_page(ctx, limits, event.user_id, event.session_id, event.gateway_id, after_position=0)
+    await _flush_page(ctx, limits, event.user_id, event.session_id, event.gateway_id, event.flush_id, 0)
 
 
 async def on_flush_requested(event: FlushRequested, ctx: HandlerContext, *, limits: FlushPage) -> None:
-    await _flush_page(ctx, limits, event.user_id, event.session_id, event.gateway_id, event.after_position)
+    await _flush_page(
+        ctx, limits, event.user_id, event.session_id, event.gateway_id, event.flush_id, event.after_position
+    )
 
 
 async def _flush_page(
@@ -106,16 +108,20 @@ async def _flush_page(
     user_id: str,
     session_id: str,
     gateway_id: str,
+    flush_id: str,
     after_position: int,
 ) -> None:
     """One page of the flush, in order, then `flush-done` saying whether more is queued."""
-    rows = await store.backlog(ctx.conn, user_id, after_position, limits.messages)
-    page = rows[: page_length([row.frame for row in rows], limits.bytes)]
-    more = len(page) < len(rows) or len(rows) == limits.messages
+    page = await store.backlog_page(ctx.conn, user_id, after_position, limits.messages, limits.bytes)
     key = Topology.gateway_key(gateway_id)
+    base: dict[str, object] = {
+        Headers.SESSION: session_id,
+        Headers.KIND: "flush",
+        Headers.FLUSH: flush_id,
+        Headers.AFTER: after_position,
+    }
 
     async def flush() -> None:
-        base = {Headers.SESSION: session_id, Headers.KIND: "flush"}
         await asyncio.gather(
             *(
                 ctx.bus.publish(
@@ -129,12 +135,12 @@ async def _flush_page(
                         Headers.SEQ: row.seq,
                     },
                 )
-                for row in page
+                for row in page.rows
             )
         )
-        done: dict[str, object] = {**base, Headers.KIND: "flush-done", Headers.COUNT: len(page)}
-        if more and page:
-            done[Headers.MORE] = page[-1].position
+        done = {**base, Headers.KIND: "flush-done", Headers.COUNT: len(page.rows)}
+        if page.more and page.rows:
+            done[Headers.MORE] = page.rows[-1].position
         await ctx.bus.publish("route", key, b"", headers=done)
 
     ctx.after_commit.append(flush)

@@ -8,6 +8,12 @@ from switchboard_contracts.models import MessageOut
 from switchboard_runtime.db import Conn
 
 
+class Page(NamedTuple):
+    rows: list["Pending"]
+    # More is queued after this page (it was cut short, or full).
+    more: bool
+
+
 class Pending(NamedTuple):
     message_id: UUID
     chat_id: UUID
@@ -17,10 +23,11 @@ class Pending(NamedTuple):
 
 
 __all__ = [
+    "Page",
     "Pending",
     "acknowledge",
     "add_members",
-    "backlog",
+    "backlog_page",
     "members",
     "queue_message",
     "remove_member",
@@ -51,21 +58,22 @@ async def queue_message(conn: Conn, message: MessageOut, frame: bytes) -> list[s
     Returns those recipients. Membership is read in the same statement, so it is the membership
     as of this message in delivery's order of events.
     """
-    rows = await conn.fetch(
+    recipients: list[str] = await conn.fetchval(
         "WITH stored AS ("
         "  INSERT INTO messages (message_id, chat_id, seq, frame) VALUES ($1, $2, $3, $4)"
         "  ON CONFLICT (message_id) DO UPDATE SET seq = EXCLUDED.seq RETURNING position),"
-        " recipients AS (SELECT user_id FROM chat_members WHERE chat_id = $2 AND user_id <> $5)"
-        " INSERT INTO pending (user_id, message_id, position)"
-        " SELECT recipients.user_id, $1, stored.position FROM stored, recipients"
-        " ON CONFLICT DO NOTHING RETURNING user_id",
+        " recipients AS (SELECT user_id FROM chat_members WHERE chat_id = $2 AND user_id <> $5),"
+        " queued AS ("
+        "  INSERT INTO pending (user_id, message_id, position)"
+        "  SELECT recipients.user_id, $1, stored.position FROM stored, recipients ON CONFLICT DO NOTHING)"
+        " SELECT coalesce(array_agg(user_id ORDER BY user_id), '{}') FROM recipients",
         message.id,
         message.chat_id,
         message.seq,
         frame,
         message.sender_id,
     )
-    return [row[0] for row in rows]
+    return recipients
 
 
 async def still_pending(conn: Conn, message_id: UUID) -> list[str]:
@@ -80,14 +88,25 @@ async def acknowledge(conn: Conn, user_id: str, message_ids: Sequence[UUID]) -> 
     )
 
 
-async def backlog(conn: Conn, user_id: str, after_position: int, limit: int) -> list[Pending]:
-    """What the user has not acknowledged after that position, in the order delivery handled it."""
+async def backlog_page(conn: Conn, user_id: str, after_position: int, messages: int, max_bytes: int) -> Page:
+    """One page of what the user has not acknowledged after that position, in delivery's order.
+
+    The page stops at `messages` rows or before `max_bytes` of frames (always at least one row);
+    the cut happens in PostgreSQL, so only the page's frames come over the wire.
+    """
     rows = await conn.fetch(
-        "SELECT p.message_id, m.chat_id, m.seq, p.position, m.frame"
-        " FROM pending p JOIN messages m USING (message_id)"
-        " WHERE p.user_id = $1 AND p.position > $2 ORDER BY p.position LIMIT $3",
+        "SELECT message_id, chat_id, seq, position, frame, examined FROM ("
+        "  SELECT p.message_id, m.chat_id, m.seq, p.position, m.frame,"
+        "   sum(octet_length(m.frame)) OVER (ORDER BY p.position) - octet_length(m.frame) AS before,"
+        "   count(*) OVER () AS examined"
+        "  FROM pending p JOIN messages m USING (message_id)"
+        "  WHERE p.user_id = $1 AND p.position > $2 ORDER BY p.position LIMIT $3"
+        " ) window_ WHERE before < $4 ORDER BY position",
         user_id,
         after_position,
-        limit,
+        messages,
+        max_bytes,
     )
-    return [Pending(*row) for row in rows]
+    pending = [Pending(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+    examined = rows[0]["examined"] if rows else 0
+    return Page(pending, more=len(pending) < examined or examined == messages)

@@ -1,6 +1,6 @@
 from uuid import uuid4
 
-from switchboard_delivery.domain import delivery_info, page_length, recipients_of
+from switchboard_delivery.domain import delivery_info, recipients_of
 
 
 def test_recipients_are_members_but_the_sender() -> None:
@@ -16,9 +16,3 @@ def test_delivery_info_counts_the_rest_as_queued() -> None:
         "queued": 2,
         "total": 5,
     }
-
-
-def test_a_page_stops_before_the_byte_bound_but_never_empty() -> None:
-    assert page_length([b"a" * 10] * 5, 35) == 3
-    assert page_length([b"a" * 100], 10) == 1
-    assert page_length([], 10) == 0

@@ -30,7 +30,11 @@ class Gateway:
 
     def session_opened(self, session: Session) -> SessionOpened:
         return SessionOpened(
-            session_id=session.id, user_id=session.user_id, gateway_id=self.id, device_id=session.device_id
+            session_id=session.id,
+            user_id=session.user_id,
+            gateway_id=self.id,
+            device_id=session.device_id,
+            flush_id=session.flush_id,
         )
 
     async def resync(self, *_: object) -> None:
@@ -57,6 +61,7 @@ class Gateway:
                     session_id=session.id,
                     user_id=session.user_id,
                     gateway_id=self.id,
+                    flush_id=session.flush_id,
                     after_position=after_position,
                 )
             )

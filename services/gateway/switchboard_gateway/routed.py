@@ -32,6 +32,9 @@ class Routed:
     # flush-done only: messages in the page, and where to continue when more are queued.
     count: int = 0
     more_after: int | None = None
+    # flush and flush-done: the catch-up and the page (its starting cursor) they belong to.
+    flush_id: str | None = None
+    after: int | None = None
 
     @classmethod
     def from_message(cls, message: AbstractIncomingMessage) -> "Routed":
@@ -44,4 +47,6 @@ class Routed:
             seq=_number(headers, Headers.SEQ),
             count=_number(headers, Headers.COUNT) or 0,
             more_after=_number(headers, Headers.MORE),
+            flush_id=header_text(headers, Headers.FLUSH),
+            after=_number(headers, Headers.AFTER),
         )

@@ -32,7 +32,9 @@ log = structlog.get_logger()
 # RFC 6455 1013 "try again later": the client reconnects and catches up from its queue.
 CLOSE_TRY_AGAIN = 1013
 CATCH_UP_TIMEOUT = "catch_up_timeout"
-# Ask for the next flush page once no more than this many frames wait for the socket.
+# Ask for the next flush page once no more than this many frames, and no more than a quarter of
+# the byte bound, wait for the socket: a page (at most 4 MiB) then still fits, even of large
+# messages, and the socket never runs dry for long.
 NEXT_PAGE_WATERMARK = 100
 
 Send = Callable[[str], Awaitable[None]]
@@ -66,6 +68,10 @@ class Session:
     _flushed_seq: dict[str, int] = field(default_factory=dict)
     _flushed_count: int = 0
     _next_page_after: int | None = None
+    # The catch-up under way, and the page of it the session accepts next (None: none until the
+    # next page is asked for). Anything else is a late or repeated page and is ignored.
+    flush_id: str = ""
+    _expected_after: int | None = None
     _writer: asyncio.Task[None] | None = None
     _flush_timer: asyncio.TimerHandle | None = None
 
@@ -103,22 +109,38 @@ class Session:
     def deliver(self, routed: Routed) -> None:
         if routed.kind == "live" and self.catching_up:
             self._hold(routed)
-        elif routed.kind == "flush":
+        elif routed.kind in ("flush", "flush-done"):
+            if self._current_page(routed):
+                self._take_flush(routed)
+        else:
+            self.push(routed.frame)
+
+    def _current_page(self, routed: Routed) -> bool:
+        return (
+            self.catching_up
+            and routed.flush_id == self.flush_id
+            and self._expected_after is not None
+            and routed.after == self._expected_after
+        )
+
+    def _take_flush(self, routed: Routed) -> None:
+        if routed.kind == "flush":
+            if routed.message_id in self._flushed_ids:
+                return  # the same page published twice (a redelivered request)
             if routed.message_id:
                 self._flushed_ids.add(routed.message_id)
             if routed.chat_id is not None and routed.seq is not None:
                 self._flushed_seq[routed.chat_id] = max(routed.seq, self._flushed_seq.get(routed.chat_id, 0))
             self.push(routed.frame)
-        elif routed.kind == "flush-done":
-            self._flushed_count += routed.count
-            if routed.more_after is not None:
-                self._next_page_after = routed.more_after
-                self._maybe_request_page()
-            else:
-                self.push(encode_frame("queue_flushed", {"count": self._flushed_count}))
-                self.end_catch_up()
+            return
+        self._expected_after = None  # a repeat of this marker is ignored from now on
+        self._flushed_count += routed.count
+        if routed.more_after is not None:
+            self._next_page_after = routed.more_after
+            self._maybe_request_page()
         else:
-            self.push(routed.frame)
+            self.push(encode_frame("queue_flushed", {"count": self._flushed_count}))
+            self.end_catch_up()
 
     def _hold(self, routed: Routed) -> None:
         if len(self._held) >= self.buffer_limit or self._bytes + len(routed.frame) > self.buffer_bytes_limit:
@@ -131,13 +153,16 @@ class Session:
         after = self._next_page_after
         if after is None or self.closed or self.request_page is None:
             return
-        if self._buffer.qsize() <= NEXT_PAGE_WATERMARK:
+        if self._buffer.qsize() <= NEXT_PAGE_WATERMARK and self._bytes <= self.buffer_bytes_limit // 4:
             self._next_page_after = None
+            self._expected_after = after
             self._spawn(self.request_page(after))
 
     def begin_catch_up(self) -> None:
         """Hold live messages until delivery's flush for this session ends."""
         self.catching_up = True
+        self.flush_id = uuid4().hex
+        self._expected_after = 0
         self._flushed_ids, self._flushed_seq, self._flushed_count = set(), {}, 0
         self._next_page_after = None
         if self._flush_timer is not None:
@@ -156,7 +181,8 @@ class Session:
             self._bytes -= len(routed.frame)
             if routed.message_id in self._flushed_ids:
                 continue  # the flush sent it already
-            if routed.chat_id is not None and (routed.seq or 0) <= self._flushed_seq.get(routed.chat_id, 0):
+            flushed_up_to = self._flushed_seq.get(routed.chat_id or "", 0)
+            if routed.seq is not None and routed.seq <= flushed_up_to:
                 continue  # older than what the flush sent: acknowledged by another device meanwhile
             self.push(routed.frame)
         self._flushed_ids, self._flushed_seq = set(), {}

@@ -39,8 +39,15 @@ def live(message_id: str, seq: int, chat: str = "c1") -> Routed:
     return Routed("live", f"live-{message_id}".encode(), message_id, chat, seq)
 
 
-def flush(message_id: str, seq: int, chat: str = "c1") -> Routed:
-    return Routed("flush", f"flush-{message_id}".encode(), message_id, chat, seq)
+def flush(session: Session, message_id: str, seq: int, chat: str = "c1", after: int = 0) -> Routed:
+    frame = f"flush-{message_id}".encode()
+    return Routed("flush", frame, message_id, chat, seq, flush_id=session.flush_id, after=after)
+
+
+def done(session: Session, count: int, after: int = 0, more_after: int | None = None) -> Routed:
+    return Routed(
+        "flush-done", b"", count=count, more_after=more_after, flush_id=session.flush_id, after=after
+    )
 
 
 def session_for(sink: Sink, **options: float) -> Session:
@@ -55,9 +62,9 @@ async def test_live_messages_wait_for_the_flush_and_duplicates_are_skipped() -> 
     session.deliver(live("m3", 3))
     session.deliver(live("m4", 4))
     session.deliver(Routed("reply", b"reply"))
-    session.deliver(flush("m1", 1))
-    session.deliver(flush("m3", 3))
-    session.deliver(Routed("flush-done", b"", count=2))
+    session.deliver(flush(session, "m1", 1))
+    session.deliver(flush(session, "m3", 3))
+    session.deliver(done(session, 2))
     session.deliver(live("m5", 5))
     await sink.until(lambda: len(sink.frames) == 6)
     assert sink.frames == [
@@ -79,8 +86,8 @@ async def test_a_held_message_older_than_the_flush_is_not_sent_after_it() -> Non
     session.deliver(live("m5", 5))
     session.deliver(live("m6", 6))
     session.deliver(live("x1", 1, chat="c2"))
-    session.deliver(flush("m6", 6))
-    session.deliver(Routed("flush-done", b"", count=1))
+    session.deliver(flush(session, "m6", 6))
+    session.deliver(done(session, 1))
     await sink.until(lambda: len(sink.frames) == 3)
     assert sink.frames == ["flush-m6", '{"event":"queue_flushed","data":{"count":1}}', "live-x1"]
     await session.stop()
@@ -89,14 +96,33 @@ async def test_a_held_message_older_than_the_flush_is_not_sent_after_it() -> Non
 async def test_the_next_page_is_asked_for_and_counts_add_up() -> None:
     sink = Sink()
     session = session_for(sink, buffer_limit=10)
-    session.deliver(flush("m1", 1))
-    session.deliver(Routed("flush-done", b"", count=1, more_after=41))
+    session.deliver(flush(session, "m1", 1))
+    session.deliver(done(session, 1, more_after=41))
+    session.deliver(done(session, 1, more_after=41))  # the same marker again: ignored
     await sink.until(lambda: sink.pages == [41])
-    session.deliver(flush("m2", 2))
-    session.deliver(Routed("flush-done", b"", count=1))
+    session.deliver(flush(session, "m2", 2, after=41))
+    session.deliver(flush(session, "m2", 2, after=41))  # the same page again: sent once
+    session.deliver(done(session, 1, after=41))
     await sink.until(lambda: len(sink.frames) == 3)
-    assert sink.frames[-1] == '{"event":"queue_flushed","data":{"count":2}}'
+    assert sink.frames == ["flush-m1", "flush-m2", '{"event":"queue_flushed","data":{"count":2}}']
+    assert sink.pages == [41]
     assert not session.catching_up
+    await session.stop()
+
+
+async def test_pages_of_an_earlier_catch_up_are_ignored() -> None:
+    sink = Sink()
+    session = session_for(sink, buffer_limit=10)
+    stale = flush(session, "old", 1)
+    stale_done = done(session, 1)
+    session.begin_catch_up()  # e.g. the broker connection came back: a new catch-up
+    session.deliver(stale)
+    session.deliver(stale_done)
+    assert session.catching_up
+    session.deliver(flush(session, "new", 2))
+    session.deliver(done(session, 1))
+    await sink.until(lambda: len(sink.frames) == 2)
+    assert sink.frames == ["flush-new", '{"event":"queue_flushed","data":{"count":1}}']
     await session.stop()
 
 

@@ -48,6 +48,7 @@ async def on_session_opened(event: SessionOpened, ctx: HandlerContext) -> None:
             user_id=event.user_id,
             gateway_id=event.gateway_id,
             user_went_online=first,
+            flush_id=event.flush_id,
         )
     )
 

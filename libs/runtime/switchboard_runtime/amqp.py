@@ -113,8 +113,15 @@ class Bus:
                 topo.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
             ),
         }
-        for service in SUBSCRIPTIONS:
-            await declare_service_queue(channel, topo, service)
+        try:
+            for service in SUBSCRIPTIONS:
+                await declare_service_queue(channel, topo, service)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise RuntimeError(
+                f"RabbitMQ holds queues of namespace {topo.namespace!r} declared with other arguments by an"
+                f" older version ({exc}). Drain and delete them, or set CHAT_NAMESPACE to a new name:"
+                " see 'Operations notes' in docs/architecture.md."
+            ) from exc
 
     def exchange(self, name: str) -> AbstractExchange:
         return self._exchanges[name]

@@ -3,7 +3,7 @@
 Every frame is a JSON text `{"event": "<name>", "data": {...}}` (docs/protocol.md).
 """
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
@@ -82,14 +82,3 @@ def message_error_frame(temp_id: str | int | None, code: ErrorCode | str, messag
 
 def new_message_frame(message: MessageOut) -> bytes:
     return encode_frame("new_message", message.model_dump(mode="json"))
-
-
-Outbound = Literal[
-    "authenticated",
-    "error",
-    "message_sent",
-    "message_error",
-    "message_delivery_info",
-    "new_message",
-    "queue_flushed",
-]

@@ -35,6 +35,10 @@ class Routed:
     # flush and flush-done: the catch-up and the page (its starting cursor) they belong to.
     flush_id: str | None = None
     after: int | None = None
+    # Who it is for: one session, or every local session of a user but one.
+    session_id: str | None = None
+    user_id: str | None = None
+    except_session: str | None = None
 
     @classmethod
     def from_message(cls, message: AbstractIncomingMessage) -> "Routed":
@@ -42,6 +46,9 @@ class Routed:
         return cls(
             kind=header_text(headers, Headers.KIND) or "live",
             frame=message.body,
+            session_id=header_text(headers, Headers.SESSION),
+            user_id=header_text(headers, Headers.USER),
+            except_session=header_text(headers, Headers.EXCEPT_SESSION),
             message_id=header_text(headers, Headers.MESSAGE_ID),
             chat_id=header_text(headers, Headers.CHAT),
             seq=_number(headers, Headers.SEQ),

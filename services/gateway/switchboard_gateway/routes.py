@@ -2,10 +2,8 @@
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from switchboard_contracts.topology import Headers
-
 from .registry import Registry
-from .routed import Routed, header_text
+from .routed import Routed
 
 __all__ = ["RouteConsumer"]
 
@@ -18,10 +16,8 @@ class RouteConsumer:
         # Handing a frame to a session's buffer cannot fail or block, so the delivery is acked
         # at once; what a crash loses here is still pending in delivery and is resent on reconnect.
         routed = Routed.from_message(message)
-        headers = dict(message.headers)
-        session_id = header_text(headers, Headers.SESSION)
-        if session_id is not None:
-            self.registry.to_session(session_id, routed)
-        elif (user_id := header_text(headers, Headers.USER)) is not None:
-            self.registry.to_user(user_id, header_text(headers, Headers.EXCEPT_SESSION), routed)
+        if routed.session_id is not None:
+            self.registry.to_session(routed.session_id, routed)
+        elif routed.user_id is not None:
+            self.registry.to_user(routed.user_id, routed.except_session, routed)
         await message.ack()

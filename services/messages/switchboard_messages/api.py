@@ -42,16 +42,26 @@ async def _append(conn: Conn, chat_id: UUID, version: int, event: Event) -> None
     await outbox.flush(conn)
 
 
-async def _member_chat(conn: Conn, chat_id: UUID, caller: str, *, lock: bool) -> ChatState:
-    chat = await store.lock_chat(conn, chat_id) if lock else None
-    if lock and chat is None:
-        raise DomainError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
+async def _record_change(conn: Conn, chat: ChatState, event: Event) -> None:
+    """A membership change: the chat's next stream version, its event logged and published."""
+    await store.save_chat_state(conn, chat.id, chat.version + 1, chat.last_seq)
+    await _append(conn, chat.id, chat.version + 1, event)
+
+
+async def _require_member(conn: Conn, chat_id: UUID, caller: str) -> None:
     if not await store.is_member(conn, chat_id, caller):
-        exists = chat is not None or await conn.fetchval("SELECT true FROM chats WHERE id = $1", chat_id)
-        if not exists:
+        if not await store.chat_exists(conn, chat_id):
             raise DomainError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
         raise DomainError(ErrorCode.NOT_A_MEMBER, f"you are not a member of chat {chat_id}")
-    return chat or ChatState(chat_id, "", 0, 0)
+
+
+async def _lock_as_member(conn: Conn, chat_id: UUID, caller: str) -> ChatState:
+    """Lock the chat for a change by one of its members."""
+    chat = await store.lock_chat(conn, chat_id)
+    if chat is None:
+        raise DomainError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
+    await _require_member(conn, chat_id, caller)
+    return chat
 
 
 @router.post("/chats", status_code=201)
@@ -93,7 +103,7 @@ async def chat_history(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> HistoryPage:
     async with pool.acquire() as conn:
-        await _member_chat(conn, chat_id, caller, lock=False)
+        await _require_member(conn, chat_id, caller)
         page = await store.history(conn, chat_id, before_seq, limit)
     more = bool(page) and page[0].seq > 1
     return HistoryPage(messages=page, next_before_seq=page[0].seq if more else None)
@@ -102,15 +112,11 @@ async def chat_history(
 @router.post("/chats/{chat_id}/members", status_code=201)
 async def add_member(chat_id: UUID, body: AddMember, caller: Caller, pool: Pool) -> ChatOut:
     async with pool.acquire() as conn, conn.transaction():
-        chat = await _member_chat(conn, chat_id, caller, lock=True)
+        chat = await _lock_as_member(conn, chat_id, caller)
         check_membership_change(chat)
         if await store.insert_member(conn, chat_id, body.user_id):
-            await store.save_chat_state(conn, chat_id, chat.version + 1, chat.last_seq)
-            await _append(
-                conn,
-                chat_id,
-                chat.version + 1,
-                ChatMemberAdded(chat_id=chat_id, user_id=body.user_id, by=caller),
+            await _record_change(
+                conn, chat, ChatMemberAdded(chat_id=chat_id, user_id=body.user_id, by=caller)
             )
         out = await store.chat_out(conn, chat_id)
     if out is None:  # the chat row is locked above, so this cannot happen short of a bug
@@ -121,12 +127,9 @@ async def add_member(chat_id: UUID, body: AddMember, caller: Caller, pool: Pool)
 @router.delete("/chats/{chat_id}/members/{user_id}", status_code=204)
 async def remove_member(chat_id: UUID, user_id: str, caller: Caller, pool: Pool) -> Response:
     async with pool.acquire() as conn, conn.transaction():
-        chat = await _member_chat(conn, chat_id, caller, lock=True)
+        chat = await _lock_as_member(conn, chat_id, caller)
         check_membership_change(chat)
         if not await store.remove_member(conn, chat_id, user_id):
             raise DomainError(ErrorCode.NOT_A_MEMBER, f"{user_id} is not a member of chat {chat_id}")
-        await store.save_chat_state(conn, chat_id, chat.version + 1, chat.last_seq)
-        await _append(
-            conn, chat_id, chat.version + 1, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller)
-        )
+        await _record_change(conn, chat, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller))
     return Response(status_code=204)

@@ -21,6 +21,7 @@ __all__ = [
     "save_chat_states",
     "stored_by_temp_id",
     "append_event",
+    "chat_exists",
     "chat_out",
     "chats_of",
     "history",
@@ -56,6 +57,10 @@ async def save_chat_state(conn: Conn, chat_id: UUID, version: int, last_seq: int
     await conn.execute(
         "UPDATE chats SET version = $2, last_seq = $3 WHERE id = $1", chat_id, version, last_seq
     )
+
+
+async def chat_exists(conn: Conn, chat_id: UUID) -> bool:
+    return bool(await conn.fetchval("SELECT true FROM chats WHERE id = $1", chat_id))
 
 
 async def is_member(conn: Conn, chat_id: UUID, user_id: str) -> bool:

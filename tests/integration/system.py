@@ -94,6 +94,8 @@ class System:
     amqp_url: str
     server_database_url: str
     gateways: int = 2
+    # Settings for every process of this system, e.g. {"CHAT_WEBHOOK_URL": ...}.
+    settings: dict[str, str] = field(default_factory=dict)
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     processes: dict[str, Process] = field(default_factory=dict)
     logdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="switchboard-test-")))
@@ -118,6 +120,7 @@ class System:
             # Small flush pages, so the offline-queue tests cross page boundaries.
             CHAT_FLUSH_PAGE_MESSAGES="40",
         )
+        env.update(self.settings)
         env.update(extra)
         return env
 
@@ -146,6 +149,7 @@ class System:
                 port,
                 CHAT_GATEWAY_PORT=str(port),
                 CHAT_MESSAGES_URL=f"http://127.0.0.1:{ports['messages']}",
+                CHAT_PRESENCE_URL=f"http://127.0.0.1:{ports['presence']}",
             )
         for process in self.processes.values():
             process.start()
@@ -183,7 +187,7 @@ class System:
         connection = await aio_pika.connect(self.amqp_url)
         async with connection:
             channel = await connection.channel()
-            for service in ("messages", "delivery", "presence"):
+            for service in ("messages", "delivery", "presence", "webhook"):
                 for queue in (f"{self.namespace}.{service}", f"{self.namespace}.{service}.dead"):
                     await channel.queue_delete(queue)
             for exchange in ("events", "route", "dead-letter"):
@@ -191,9 +195,11 @@ class System:
 
 
 @contextlib.asynccontextmanager
-async def running_system(amqp_url: str, database_url: str, gateways: int = 2) -> AsyncIterator[System]:
+async def running_system(
+    amqp_url: str, database_url: str, gateways: int = 2, **settings: str
+) -> AsyncIterator[System]:
     """A started system, stopped and cleaned away afterwards whatever happened."""
-    system = System(amqp_url, database_url, gateways=gateways)
+    system = System(amqp_url, database_url, gateways=gateways, settings=settings)
     try:
         await system.start()
         yield system

@@ -18,6 +18,9 @@ class ErrorCode(StrEnum):
     CONTENT_TOO_LONG = "content_too_long"
     FRAME_TOO_LARGE = "frame_too_large"
     SLOW_CONSUMER = "slow_consumer"
+    NOT_JOINED = "not_joined"
+    RATE_LIMITED = "rate_limited"
+    NOT_A_CONTACT = "not_a_contact"
     INTERNAL = "internal"
 
 
@@ -38,6 +41,10 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     "is closed with 1009.",
     ErrorCode.SLOW_CONSUMER: "The client did not read fast enough and its send buffer filled; the socket "
     "is closed with 1013 and the client catches up from its queue when it reconnects.",
+    ErrorCode.NOT_JOINED: "`typing` for a chat this session has not joined with `join_chat`.",
+    ErrorCode.RATE_LIMITED: "Too many frames of this kind from one session (e.g. `typing`); the frame "
+    "was dropped, the connection stays open.",
+    ErrorCode.NOT_A_CONTACT: "The caller shares no chat with that user, so may not see their presence.",
     ErrorCode.INTERNAL: "The server failed; the request may be retried with the same `tempId`.",
 }
 
@@ -50,6 +57,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CONTENT_TOO_LONG: 422,
     ErrorCode.FRAME_TOO_LARGE: 413,
     ErrorCode.SLOW_CONSUMER: 503,
+    ErrorCode.NOT_JOINED: 409,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.NOT_A_CONTACT: 403,
     ErrorCode.INTERNAL: 500,
 }
 

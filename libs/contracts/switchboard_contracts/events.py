@@ -6,7 +6,7 @@ type (`...v2`) rather than a changed `v1`.
 """
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +15,11 @@ from .models import ChatType, MessageOut
 
 __all__ = [
     "EVENT_TYPES",
+    "ChatReadMarked",
+    "MessagesDelivered",
+    "MessagesRead",
+    "NotificationCancelled",
+    "NotificationRequested",
     "FlushRequested",
     "ChatCreated",
     "ChatMemberAdded",
@@ -131,6 +136,63 @@ class DeliveryAcked(Event):
     message_ids: list[UUID]
 
 
+class ChatReadMarked(Event):
+    """A session marked a chat read up to `seq` (the client's `mark_read`); messages checks it."""
+
+    TYPE = "chat.read.marked.v1"
+
+    chat_id: UUID
+    user_id: str
+    seq: int
+    origin: Origin
+
+
+class MessagesDelivered(Event):
+    """Receipts: these messages reached one of `user_id`'s devices for the first time."""
+
+    TYPE = "chat.messages.delivered.v1"
+
+    chat_id: UUID
+    user_id: str
+    message_ids: list[UUID]
+
+
+class MessagesRead(Event):
+    """Receipts: `user_id` read the chat up to `up_to_seq`; `message_ids` became read by it."""
+
+    TYPE = "chat.messages.read.v1"
+
+    chat_id: UUID
+    user_id: str
+    up_to_seq: int
+    message_ids: list[UUID]
+
+
+class NotificationRequested(Event):
+    """A message was queued for a member with no online session: a push service may notify."""
+
+    TYPE = "chat.notification.requested.v1"
+
+    recipient_id: str
+    chat_id: UUID
+    message_id: UUID
+    seq: int
+    sender_id: str
+    # Only when the deployment allows message text to leave for push providers.
+    preview: str | None = None
+
+
+class NotificationCancelled(Event):
+    """A notification requested earlier is moot: a device of the recipient received or read it."""
+
+    TYPE = "chat.notification.cancelled.v1"
+
+    recipient_id: str
+    chat_id: UUID
+    message_id: UUID
+    reason: Literal["delivered", "read"]
+
+
 class SessionOpened(Event):
     TYPE = "gateway.session.opened.v1"
 
@@ -207,6 +269,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ChatMemberAdded,
         ChatMemberRemoved,
         DeliveryAcked,
+        ChatReadMarked,
+        MessagesDelivered,
+        MessagesRead,
+        NotificationRequested,
+        NotificationCancelled,
         SessionOpened,
         SessionClosed,
         GatewayHeartbeat,

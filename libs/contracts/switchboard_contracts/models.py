@@ -8,6 +8,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 __all__ = [
     "AddMember",
+    "ChatSync",
+    "HistoryMessage",
+    "PresenceOut",
+    "Receipt",
+    "ReceiptStatus",
+    "SyncPlan",
+    "SyncRequest",
     "ChatOut",
     "ChatType",
     "CreateChat",
@@ -74,8 +81,25 @@ class AddMember(BaseModel):
     user_id: UserId
 
 
+ReceiptStatus = Literal["sent", "delivered", "read"]
+
+
+class Receipt(BaseModel):
+    user_id: str
+    status: ReceiptStatus
+
+
+class HistoryMessage(MessageOut):
+    """A message in history. For the caller's own messages, where each recipient stands."""
+
+    delivered_count: int | None = None
+    read_count: int | None = None
+    total: int | None = None
+    receipts: list[Receipt] | None = None
+
+
 class HistoryPage(BaseModel):
-    messages: list[MessageOut]
+    messages: list[HistoryMessage]
     # Pass as `before_seq` to fetch the page before this one; null when there is none.
     next_before_seq: int | None
 
@@ -83,3 +107,33 @@ class HistoryPage(BaseModel):
 class ErrorBody(BaseModel):
     code: str
     message: str
+
+
+class SyncRequest(BaseModel):
+    """What the gateway asks messages for a device's `sync` (see `wire.Sync`)."""
+
+    chats: dict[UUID, int] = {}
+    since: datetime | None = None
+
+
+class ChatSync(BaseModel):
+    """One chat of a sync: the range the device will be sent, and what `sync_done` reports."""
+
+    chat_id: UUID
+    result: Literal["replayed", "compacted"]
+    # The seqs to send, both inclusive; null when the device missed nothing.
+    from_seq: int | None
+    to_seq: int | None
+    # Messages from others after this user's read marker.
+    unread: int
+
+
+class SyncPlan(BaseModel):
+    chats: list[ChatSync]
+
+
+class PresenceOut(BaseModel):
+    user_id: str
+    status: Literal["online", "offline"]
+    # When the user was last online; null while online or when never seen.
+    last_seen: datetime | None

@@ -19,23 +19,27 @@ from .events import (
     ChatCreated,
     ChatMemberAdded,
     ChatMemberRemoved,
+    ChatReadMarked,
     DeliveryAcked,
     FlushRequested,
     GatewayHeartbeat,
     MessageSent,
+    MessagesRead,
     MessageStored,
+    NotificationCancelled,
+    NotificationRequested,
     SessionClosed,
     SessionOpened,
     SessionRegistered,
 )
 
-__all__ = ["SUBSCRIPTIONS", "Headers", "Topology"]
+__all__ = ["OPTIONAL_SUBSCRIPTIONS", "SUBSCRIPTIONS", "Headers", "Kind", "Topology"]
 
 # Which event types each service's queue receives. Every service declares every queue in this
 # table when it connects, so an event published before its consumer ever started (a fresh
 # broker, services starting in any order) waits in the queue instead of being dropped.
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
-    "messages": (MessageSent.TYPE,),
+    "messages": (MessageSent.TYPE, DeliveryAcked.TYPE, ChatReadMarked.TYPE),
     "delivery": (
         ChatCreated.TYPE,
         ChatMemberAdded.TYPE,
@@ -44,9 +48,41 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
         DeliveryAcked.TYPE,
         SessionRegistered.TYPE,
         FlushRequested.TYPE,
+        MessagesRead.TYPE,
     ),
-    "presence": (SessionOpened.TYPE, SessionClosed.TYPE, GatewayHeartbeat.TYPE),
+    "presence": (
+        SessionOpened.TYPE,
+        SessionClosed.TYPE,
+        GatewayHeartbeat.TYPE,
+        # Presence keeps its own membership projection: who shares a chat with whom decides who
+        # may see whose presence.
+        ChatCreated.TYPE,
+        ChatMemberAdded.TYPE,
+        ChatMemberRemoved.TYPE,
+    ),
 }
+
+# Queues declared only by the component that consumes them, when it is configured: events
+# published while no such consumer is deployed are not kept for it.
+OPTIONAL_SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "webhook": (NotificationRequested.TYPE, NotificationCancelled.TYPE),
+}
+
+
+class Kind:
+    """Values of the `sb-kind` header: how a gateway treats the frame."""
+
+    # A message or a membership change: held, in arrival order, while the session catches up.
+    LIVE = "live"
+    # One message of a queue flush page, and the marker that ends the page.
+    FLUSH = "flush"
+    FLUSH_DONE = "flush-done"
+    # An answer to one session.
+    REPLY = "reply"
+    # Presence, receipts: about the present moment, never held behind a catch-up.
+    SIGNAL = "signal"
+    # Published to a chat's room key (`typing`): for the sessions of this gateway that joined it.
+    ROOM = "room"
 
 
 class Headers:
@@ -71,6 +107,11 @@ class Headers:
     # they belong to, so a late or repeated page is recognised and ignored.
     FLUSH = "sb-flush"
     AFTER = "sb-after"
+    # On a `member_left` frame to the removed user: that user's sessions leave the chat's room.
+    LEFT_CHAT = "sb-left-chat"
+    # On "room" frames from `typing`: whether the user (sb-user) is typing, so each gateway can
+    # expire a typing state whose refreshes stopped (the typer's gateway may be gone).
+    TYPING = "sb-typing"
 
 
 @dataclass(frozen=True)
@@ -105,3 +146,7 @@ class Topology:
     @staticmethod
     def gateway_key(gateway_id: str) -> str:
         return f"gw.{gateway_id}"
+
+    @staticmethod
+    def room_key(chat_id: object) -> str:
+        return f"chat.{chat_id}"

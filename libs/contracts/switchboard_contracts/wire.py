@@ -6,14 +6,28 @@ Every frame is a JSON text `{"event": "<name>", "data": {...}}` (docs/protocol.m
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 from pydantic_core import to_json
 
 from .errors import ErrorCode
 from .models import MessageOut
 
 __all__ = [
+    "ChatRef",
     "ClientFrame",
+    "MarkRead",
+    "Sync",
+    "Typing",
     "MessageReceived",
     "SendMessage",
     "UserAuthenticated",
@@ -66,6 +80,42 @@ class SendMessage(BaseModel):
 class MessageReceived(BaseModel):
     # One acknowledgement may cover a whole flushed backlog page; 1,000 bounds the work per frame.
     message_ids: Annotated[list[UUID], Field(min_length=1, max_length=1000)]
+
+
+class ChatRef(BaseModel):
+    """`join_chat` / `leave_chat`: `{"chat_id": ...}`, or the bare chat id older clients send."""
+
+    chat_id: UUID
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_id(cls, data: Any) -> Any:
+        return {"chat_id": data} if isinstance(data, str) else data
+
+
+class Typing(BaseModel):
+    chat_id: UUID
+    is_typing: StrictBool
+
+
+class MarkRead(BaseModel):
+    chat_id: UUID
+    seq: Annotated[StrictInt, Field(ge=1)]
+
+
+# One sync names at most this many chats: a device's whole chat list, bounded so that one frame
+# cannot make the gateway plan an unbounded catch-up.
+MAX_SYNC_CHATS = 10_000
+
+
+class Sync(BaseModel):
+    """`chats`: the last seq this device saw per chat; chats it does not name start at `since`
+    (a time) when given, else at their beginning, both subject to the compaction limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chats: Annotated[dict[UUID, Annotated[StrictInt, Field(ge=0)]], Field(max_length=MAX_SYNC_CHATS)] = {}
+    since: AwareDatetime | None = None
 
 
 def encode_frame(event: str, data: Any) -> bytes:

@@ -70,8 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         spawn(heartbeat(gateway), runtime.tasks, "heartbeat")
         app.state.gateway = gateway
         app.state.runtime = runtime
-        async with httpx.AsyncClient(base_url=settings.messages_url, timeout=10.0) as client:
+        async with (
+            httpx.AsyncClient(base_url=settings.messages_url, timeout=10.0) as client,
+            httpx.AsyncClient(base_url=settings.presence_url, timeout=10.0) as presence_client,
+        ):
             app.state.messages_client = client
+            app.state.presence_client = presence_client
             log.info("gateway started", gateway_id=gateway_id, namespace=settings.namespace)
             try:
                 yield

@@ -16,6 +16,8 @@ class Settings(CommonSettings):
     jwt_leeway_seconds: float = Field(30.0, ge=0, le=300)
     # The internal API of the messages service (chats, membership, history).
     messages_url: str = "http://127.0.0.1:8001"
+    # The internal API of the presence service (who is online, for users sharing a chat).
+    presence_url: str = "http://127.0.0.1:8003"
     max_frame_bytes: int = Field(1024 * 1024, ge=1024)
     max_content_chars: int = Field(65_536, ge=1)
     # A client that opens a socket must authenticate within this time or be closed (4401).

@@ -1,0 +1,40 @@
+"""Internal HTTP API for the gateway: a user's presence, for the users who may see it.
+
+Not for clients. The gateway authenticates the caller and passes the user id in
+`X-Switchboard-User`; deploy this port where only gateways reach it.
+"""
+
+from typing import Annotated
+
+import asyncpg
+from fastapi import APIRouter, Depends, Header, Request
+
+from switchboard_contracts.errors import ErrorCode
+from switchboard_contracts.models import PresenceOut, UserId
+from switchboard_runtime.http_errors import ApiError
+
+from . import store
+from .domain import presence_of
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/internal")
+Caller = Annotated[UserId, Header(alias="X-Switchboard-User")]
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.runtime.pool
+    return pool
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+
+
+@router.get("/users/{user_id}/presence")
+async def user_presence(user_id: str, caller: Caller, pool: Pool) -> PresenceOut:
+    async with pool.acquire() as conn:
+        # The same rule as the `presence` frames: only someone sharing a chat may know.
+        if caller != user_id and not await store.share_a_chat(conn, caller, user_id):
+            raise ApiError(ErrorCode.NOT_A_CONTACT, f"you share no chat with {user_id}")
+        online, last_seen = await store.presence(conn, user_id)
+    return presence_of(user_id, online=online, last_seen=last_seen)

@@ -16,7 +16,7 @@ from aio_pika.abc import (
 from pamqp.commands import Basic
 
 from switchboard_contracts.events import Envelope
-from switchboard_contracts.topology import SUBSCRIPTIONS, Topology
+from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, SUBSCRIPTIONS, Topology
 
 from .retry import connect_retrying
 
@@ -39,7 +39,10 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 
 async def declare_service_queue(channel: AbstractChannel, topology: Topology, service: str) -> AbstractQueue:
-    """A service's durable quorum queue, its dead-letter queue and its bindings (idempotent)."""
+    """A service's durable quorum queue, its dead-letter queue and its bindings (idempotent).
+
+    `service` names an entry of SUBSCRIPTIONS or of OPTIONAL_SUBSCRIPTIONS (e.g. "webhook").
+    """
     dead = await channel.declare_queue(
         topology.dead_letter_queue(service), durable=True, arguments={"x-queue-type": "quorum"}
     )
@@ -58,7 +61,7 @@ async def declare_service_queue(channel: AbstractChannel, topology: Topology, se
             "x-single-active-consumer": True,
         },
     )
-    for event_type in SUBSCRIPTIONS[service]:
+    for event_type in {**SUBSCRIPTIONS, **OPTIONAL_SUBSCRIPTIONS}[service]:
         await queue.bind(topology.events_exchange, routing_key=event_type)
     return queue
 

@@ -81,6 +81,9 @@ class HandlerContext:
     outbox: OutboxWriter
     # For after-commit publishes whose outcome the handler needs (delivery's mandatory routing).
     bus: Bus
+    # For after-commit work that needs a transaction of its own: `conn` is only valid during the
+    # handler (delivery records a notification once it knows a publish was not routed).
+    pool: asyncpg.Pool
     after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -264,7 +267,7 @@ class EventConsumer:
                 fresh.discard(envelope.id)  # a second copy in the same batch is a repeat
                 item.failed = False
                 item.ctx = HandlerContext(
-                    conn, envelope, not first_time, OutboxWriter(self.service), self.bus
+                    conn, envelope, not first_time, OutboxWriter(self.service), self.bus, self.pool
                 )
                 contexts.append(item.ctx)
             if not isolate:

@@ -1,7 +1,12 @@
-"""Wiring of the delivery service: membership projection, pending deliveries, routing to users."""
+"""Wiring of the delivery service: membership projection, pending deliveries, routing to users,
+notification events, and (when configured) the webhook that posts them."""
 
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 from fastapi import FastAPI
 
 from switchboard_runtime.service import event_app, run_cli
@@ -9,6 +14,7 @@ from switchboard_runtime.service import event_app, run_cli
 from .domain import FlushPage
 from .handlers import handlers_for
 from .settings import Settings
+from .webhook import Webhook
 
 __all__ = ["create_app", "main"]
 
@@ -18,8 +24,33 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    handlers = handlers_for(FlushPage(settings.flush_page_messages, settings.flush_page_bytes))
-    return event_app(SERVICE, settings, handlers, title="Switchboard delivery")
+    handlers = handlers_for(
+        FlushPage(settings.flush_page_messages, settings.flush_page_bytes),
+        preview_chars=settings.notification_preview_chars,
+    )
+    if settings.webhook_url is None:
+        return event_app(SERVICE, settings, handlers, title="Switchboard delivery")
+    webhook = Webhook(str(settings.webhook_url), settings)
+
+    def extra(_: asyncpg.Pool) -> Mapping[str, Coroutine[Any, Any, None]]:
+        return {"webhook": webhook.run()}
+
+    app = event_app(SERVICE, settings, handlers, title="Switchboard delivery", extra=extra)
+    service_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The webhook queue is declared before delivery can emit a notification (and before
+        # /readyz says ready): an event published while it does not exist is not kept for it.
+        await webhook.declare()
+        try:
+            async with service_lifespan(app):
+                yield
+        finally:
+            await webhook.close()
+
+    app.router.lifespan_context = lifespan
+    return app
 
 
 def main() -> None:

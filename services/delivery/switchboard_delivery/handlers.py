@@ -2,6 +2,10 @@
 
 import asyncio
 import functools
+from collections.abc import Sequence
+from typing import Literal
+
+import asyncpg
 
 from switchboard_contracts.events import (
     ChatCreated,
@@ -10,18 +14,22 @@ from switchboard_contracts.events import (
     DeliveryAcked,
     Event,
     FlushRequested,
+    MessagesRead,
     MessageStored,
+    NotificationCancelled,
+    NotificationRequested,
     Origin,
     SessionRegistered,
 )
 from switchboard_contracts.models import MessageOut
-from switchboard_contracts.topology import Headers, Topology
+from switchboard_contracts.topology import Headers, Kind, Topology
 from switchboard_contracts.wire import encode_frame, new_message_frame
 from switchboard_runtime.amqp import Bus
 from switchboard_runtime.consumer import Handler, HandlerContext
+from switchboard_runtime.outbox import OutboxWriter
 
 from . import store
-from .domain import FlushPage, delivery_info, recipients_of
+from .domain import FlushPage, delivery_info, member_frame_recipients, preview, recipients_of
 
 __all__ = ["handlers_for"]
 
@@ -31,14 +39,51 @@ async def on_chat_created(event: ChatCreated, ctx: HandlerContext) -> None:
 
 
 async def on_member_added(event: ChatMemberAdded, ctx: HandlerContext) -> None:
-    await store.add_members(ctx.conn, event.chat_id, [event.user_id])
+    # A repeat must not add again: the member may have been removed by a later event since.
+    if not ctx.duplicate:
+        await store.add_members(ctx.conn, event.chat_id, [event.user_id])
+    members = await store.members(ctx.conn, event.chat_id)
+    _announce_member_change(ctx, "member_joined", event, members)
 
 
 async def on_member_removed(event: ChatMemberRemoved, ctx: HandlerContext) -> None:
-    await store.remove_member(ctx.conn, event.chat_id, event.user_id)
+    # Read before removing: the removed member hears of it too.
+    members = await store.members(ctx.conn, event.chat_id)
+    if not ctx.duplicate:
+        await store.remove_member(ctx.conn, event.chat_id, event.user_id)
+    _announce_member_change(ctx, "member_left", event, members)
 
 
-async def on_message_stored(event: MessageStored, ctx: HandlerContext) -> None:
+def _announce_member_change(
+    ctx: HandlerContext, name: str, event: ChatMemberAdded | ChatMemberRemoved, members: list[str]
+) -> None:
+    """`member_joined` / `member_left` to every member's personal route, after commit.
+
+    Kind "live": a session catching up holds it in order with the messages, so "member_left,
+    then no more messages from that chat" arrives in that order.
+    """
+    frame = encode_frame(name, {"chat_id": str(event.chat_id), "user_id": event.user_id, "by": event.by})
+    left = isinstance(event, ChatMemberRemoved)
+
+    def headers(user: str) -> dict[str, object]:
+        base: dict[str, object] = {Headers.USER: user, Headers.KIND: Kind.LIVE}
+        if left and user == event.user_id:
+            # The gateway takes that user's sessions out of the chat's typing room.
+            base[Headers.LEFT_CHAT] = str(event.chat_id)
+        return base
+
+    async def send() -> None:
+        await asyncio.gather(
+            *(
+                ctx.bus.publish("route", Topology.user_key(user), frame, headers=headers(user))
+                for user in member_frame_recipients(members, event.user_id)
+            )
+        )
+
+    ctx.after_commit.append(send)
+
+
+async def on_message_stored(event: MessageStored, ctx: HandlerContext, *, preview_chars: int) -> None:
     message = event.message
     frame = new_message_frame(message)
     if not ctx.duplicate:
@@ -50,19 +95,43 @@ async def on_message_stored(event: MessageStored, ctx: HandlerContext) -> None:
     acked = len(recipients) - len(pending)
 
     async def route() -> None:
-        routed = await _route_live(ctx.bus, message, event.origin, frame, pending)
+        offline = await _route_live(ctx.bus, message, event.origin, frame, pending)
         info = encode_frame(
-            "message_delivery_info", delivery_info(message.id, len(recipients), routed + acked)
+            "message_delivery_info",
+            delivery_info(message.id, len(recipients), len(pending) - len(offline) + acked),
         )
         await _reply(ctx.bus, event.origin, info)
+        if offline:
+            # Only now is it known who no gateway holds; the transaction of the handler is over.
+            await _request_notifications(ctx.pool, ctx.outbox.source, message, offline, preview_chars)
 
     ctx.after_commit.append(route)
 
 
+async def _request_notifications(
+    pool: asyncpg.Pool, source: str, message: MessageOut, offline: Sequence[str], preview_chars: int
+) -> None:
+    """One NotificationRequested per (message, recipient), however often this runs."""
+    outbox = OutboxWriter(source)
+    async with pool.acquire() as conn, conn.transaction():
+        for user in await store.request_notifications(conn, message, offline):
+            outbox.emit(
+                NotificationRequested(
+                    recipient_id=user,
+                    chat_id=message.chat_id,
+                    message_id=message.id,
+                    seq=message.seq,
+                    sender_id=message.sender_id,
+                    preview=preview(message.content, preview_chars),
+                )
+            )
+        await outbox.flush(conn)
+
+
 async def _route_live(
     bus: Bus, message: MessageOut, origin: Origin, frame: bytes, recipients: list[str]
-) -> int:
-    """Publish to each recipient's personal route; returns how many had a gateway holding them."""
+) -> list[str]:
+    """Publish to each recipient's personal route; returns those no gateway holds (offline)."""
     headers = {
         Headers.KIND: "live",
         Headers.MESSAGE_ID: str(message.id),
@@ -79,7 +148,7 @@ async def _route_live(
     own = {**headers, Headers.USER: message.sender_id, Headers.EXCEPT_SESSION: origin.session_id}
     publishes.append(bus.publish("route", Topology.user_key(message.sender_id), frame, headers=own))
     results = await asyncio.gather(*publishes)
-    return sum(results[:-1])
+    return [user for user, routed in zip(recipients, results[:-1], strict=True) if not routed]
 
 
 async def _reply(bus: Bus, origin: Origin, frame: bytes) -> None:
@@ -88,7 +157,23 @@ async def _reply(bus: Bus, origin: Origin, frame: bytes) -> None:
 
 
 async def on_delivery_acked(event: DeliveryAcked, ctx: HandlerContext) -> None:
-    await store.acknowledge(ctx.conn, event.user_id, event.message_ids)
+    for cancelled in await store.acknowledge(ctx.conn, event.user_id, event.message_ids):
+        _cancel_notification(ctx, event.user_id, cancelled, "delivered")
+
+
+async def on_messages_read(event: MessagesRead, ctx: HandlerContext) -> None:
+    for cancelled in await store.mark_read(ctx.conn, event.chat_id, event.user_id, event.up_to_seq):
+        _cancel_notification(ctx, event.user_id, cancelled, "read")
+
+
+def _cancel_notification(
+    ctx: HandlerContext, user_id: str, cancelled: store.Cancelled, reason: Literal["delivered", "read"]
+) -> None:
+    ctx.outbox.emit(
+        NotificationCancelled(
+            recipient_id=user_id, chat_id=cancelled.chat_id, message_id=cancelled.message_id, reason=reason
+        )
+    )
 
 
 async def on_session_registered(event: SessionRegistered, ctx: HandlerContext, *, limits: FlushPage) -> None:
@@ -146,13 +231,14 @@ async def _flush_page(
     ctx.after_commit.append(flush)
 
 
-def handlers_for(limits: FlushPage) -> dict[type[Event], Handler]:
+def handlers_for(limits: FlushPage, *, preview_chars: int = 0) -> dict[type[Event], Handler]:
     return {
         ChatCreated: on_chat_created,
         ChatMemberAdded: on_member_added,
         ChatMemberRemoved: on_member_removed,
-        MessageStored: on_message_stored,
+        MessageStored: functools.partial(on_message_stored, preview_chars=preview_chars),
         DeliveryAcked: on_delivery_acked,
+        MessagesRead: on_messages_read,
         SessionRegistered: functools.partial(on_session_registered, limits=limits),
         FlushRequested: functools.partial(on_flush_requested, limits=limits),
     }

@@ -14,6 +14,13 @@ class Page(NamedTuple):
     more: bool
 
 
+class Cancelled(NamedTuple):
+    """A notification that was open and is cancelled now."""
+
+    message_id: UUID
+    chat_id: UUID
+
+
 class Pending(NamedTuple):
     message_id: UUID
     chat_id: UUID
@@ -23,14 +30,17 @@ class Pending(NamedTuple):
 
 
 __all__ = [
+    "Cancelled",
     "Page",
     "Pending",
     "acknowledge",
     "add_members",
     "backlog_page",
+    "mark_read",
     "members",
     "queue_message",
     "remove_member",
+    "request_notifications",
     "still_pending",
 ]
 
@@ -82,10 +92,56 @@ async def still_pending(conn: Conn, message_id: UUID) -> list[str]:
     ]
 
 
-async def acknowledge(conn: Conn, user_id: str, message_ids: Sequence[UUID]) -> None:
-    await conn.execute(
-        "DELETE FROM pending WHERE user_id = $1 AND message_id = ANY($2::uuid[])", user_id, list(message_ids)
+async def acknowledge(conn: Conn, user_id: str, message_ids: Sequence[UUID]) -> list[Cancelled]:
+    """Drop the acknowledged deliveries and cancel their open notifications, in one round trip."""
+    rows = await conn.fetch(
+        "WITH acked AS (DELETE FROM pending WHERE user_id = $1 AND message_id = ANY($2::uuid[]))"
+        " UPDATE notifications SET cancelled_at = now()"
+        " WHERE user_id = $1 AND message_id = ANY($2::uuid[]) AND cancelled_at IS NULL"
+        " RETURNING message_id, chat_id",
+        user_id,
+        list(message_ids),
     )
+    return [Cancelled(row[0], row[1]) for row in rows]
+
+
+async def mark_read(conn: Conn, chat_id: UUID, user_id: str, up_to_seq: int) -> list[Cancelled]:
+    """Remember how far the user read the chat and cancel its open notifications up to there."""
+    rows = await conn.fetch(
+        "WITH marked AS ("
+        "  UPDATE chat_members SET read_seq = greatest(read_seq, $3) WHERE chat_id = $1 AND user_id = $2)"
+        " UPDATE notifications SET cancelled_at = now()"
+        " WHERE user_id = $2 AND chat_id = $1 AND seq <= $3 AND cancelled_at IS NULL"
+        " RETURNING message_id, chat_id",
+        chat_id,
+        user_id,
+        up_to_seq,
+    )
+    return [Cancelled(row[0], row[1]) for row in rows]
+
+
+async def request_notifications(conn: Conn, message: MessageOut, users: Sequence[str]) -> list[str]:
+    """Record a notification for each of `users` the message is still news to; returns those new.
+
+    A user who acknowledged the message (no pending row) or read the chat past it gets none, and
+    one recorded before is not recorded again. The consumer runs after-commit work before it
+    takes its next batch, so every ack or read handled before this point is seen here.
+    """
+    return [
+        row[0]
+        for row in await conn.fetch(
+            "INSERT INTO notifications (message_id, user_id, chat_id, seq)"
+            " SELECT p.message_id, p.user_id, $2, $3 FROM pending p"
+            " WHERE p.message_id = $1 AND p.user_id = ANY($4::text[])"
+            "  AND NOT EXISTS (SELECT 1 FROM chat_members m"
+            "   WHERE m.chat_id = $2 AND m.user_id = p.user_id AND m.read_seq >= $3)"
+            " ON CONFLICT DO NOTHING RETURNING user_id",
+            message.id,
+            message.chat_id,
+            message.seq,
+            list(users),
+        )
+    ]
 
 
 async def backlog_page(conn: Conn, user_id: str, after_position: int, messages: int, max_bytes: int) -> Page:

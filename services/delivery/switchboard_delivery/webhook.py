@@ -1,0 +1,105 @@
+"""The webhook: notification events POSTed to one URL, for a push service to act on.
+
+Runs in the delivery process when `CHAT_WEBHOOK_URL` is set. It consumes its own durable queue
+(`<ns>.webhook`, bound to NotificationRequested and NotificationCancelled) and POSTs each
+envelope as it is, with `Idempotency-Key: <envelope id>`: delivery is at least once (a crash
+before the ack posts again), and the receiver de-duplicates on that key. Events are posted one
+at a time, in queue order, so a cancellation never overtakes the request it cancels.
+"""
+
+import aiormq.exceptions
+import httpx
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from switchboard_contracts.events import Envelope
+from switchboard_contracts.topology import Topology
+from switchboard_runtime.amqp import Bus, declare_service_queue
+
+from .domain import webhook_retries
+from .settings import Settings
+
+__all__ = ["QUEUE", "Webhook"]
+
+log = structlog.get_logger()
+
+# The name in OPTIONAL_SUBSCRIPTIONS: queue `<ns>.webhook`, dead letters in `<ns>.webhook.dead`.
+QUEUE = "webhook"
+# Posting is sequential; a few envelopes waiting locally keep the next POST from waiting on the
+# broker, and a small window leaves the rest for a standby instance should this one die.
+PREFETCH = 32
+# Backoff between attempts: 0.5 s doubling, capped so that a receiver back up is noticed soon.
+FIRST_WAIT_SECONDS = 0.5
+MAX_WAIT_SECONDS = 15.0
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return webhook_retries(exc.response.status_code)
+    return isinstance(exc, httpx.TransportError)  # refused, reset, timed out
+
+
+class Webhook:
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = url
+        self.timeout = settings.webhook_timeout_seconds
+        self.retry_seconds = settings.webhook_retry_seconds
+        # A connection of its own, so a slow receiver never holds up delivery's channel.
+        self.bus = Bus(settings.amqp_url, Topology(settings.namespace), source="delivery-webhook")
+        self._queue: AbstractQueue | None = None
+
+    async def declare(self) -> None:
+        """Connect and declare the queue; what is published from then on waits for `run`."""
+        await self.bus.connect()
+        channel = await self.bus.connection.channel()
+        await channel.set_qos(prefetch_count=PREFETCH)
+        self._queue = await declare_service_queue(channel, self.bus.topology, QUEUE)
+
+    async def close(self) -> None:
+        await self.bus.close()
+
+    async def run(self) -> None:
+        if self._queue is None:
+            raise RuntimeError("Webhook.declare() has not been called")
+        async with httpx.AsyncClient(timeout=self.timeout) as http, self._queue.iterator() as messages:
+            async for message in messages:
+                await self._forward(http, message)
+
+    async def _forward(self, http: httpx.AsyncClient, message: AbstractIncomingMessage) -> None:
+        try:
+            envelope = Envelope.model_validate_json(message.body)
+            await self._post(http, message.body, envelope)
+        except Exception:
+            log.exception("webhook gave up; event dead-lettered", routing_key=message.routing_key)
+            await _settle(message, ok=False)
+            return
+        await _settle(message, ok=True)
+
+    async def _post(self, http: httpx.AsyncClient, body: bytes, envelope: Envelope) -> None:
+        headers = {"content-type": "application/json", "Idempotency-Key": str(envelope.id)}
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            wait=wait_exponential_jitter(multiplier=FIRST_WAIT_SECONDS, max=MAX_WAIT_SECONDS),
+            stop=stop_after_delay(self.retry_seconds),
+            before_sleep=lambda state: log.warning(
+                "webhook failed; retrying",
+                event_id=str(envelope.id),
+                attempt=state.attempt_number,
+                error=repr(state.outcome.exception() if state.outcome else None),
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                (await http.post(self.url, content=body, headers=headers)).raise_for_status()
+
+
+async def _settle(message: AbstractIncomingMessage, *, ok: bool) -> None:
+    try:
+        if ok:
+            await message.ack()
+        else:
+            await message.reject(requeue=False)  # to `<ns>.webhook.dead`
+    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+        # The channel it came on is gone; the broker redelivers it, and the key de-duplicates.
+        log.warning("channel closed before settling a webhook event; the broker redelivers it")

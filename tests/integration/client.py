@@ -141,5 +141,13 @@ class Api:
     async def history(self, chat_id: str, **params: Any) -> httpx.Response:
         return await self.http.get(f"/chats/{chat_id}/messages", params=params)
 
+    async def add_member(self, chat_id: str, user_id: str) -> None:
+        response = await self.http.post(f"/chats/{chat_id}/members", json={"user_id": user_id})
+        assert response.status_code == 201, response.text
+
+    async def remove_member(self, chat_id: str, user_id: str) -> None:
+        response = await self.http.delete(f"/chats/{chat_id}/members/{user_id}")
+        assert response.status_code == 204, response.text
+
     async def aclose(self) -> None:
         await self.http.aclose()

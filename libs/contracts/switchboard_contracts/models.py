@@ -114,6 +114,8 @@ class SyncRequest(BaseModel):
 
     chats: dict[UUID, int] = {}
     since: datetime | None = None
+    # The device's own bound on messages per chat; the server's limit caps it.
+    limit: int | None = Field(None, ge=1)
 
 
 class ChatSync(BaseModel):

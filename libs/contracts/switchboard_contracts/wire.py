@@ -23,6 +23,8 @@ from .errors import ErrorCode
 from .models import MessageOut
 
 __all__ = [
+    "CLIENT_EVENTS",
+    "SERVER_EVENTS",
     "ChatRef",
     "ClientFrame",
     "MarkRead",
@@ -36,6 +38,37 @@ __all__ = [
     "message_error_frame",
     "new_message_frame",
 ]
+
+
+# Every event name of protocol v1, each documented in docs/protocol.md (a test checks it).
+CLIENT_EVENTS = (
+    "user_authenticated",
+    "send_message",
+    "message_received",
+    "mark_read",
+    "join_chat",
+    "leave_chat",
+    "typing",
+    "sync",
+)
+SERVER_EVENTS = (
+    "authenticated",
+    "error",
+    "new_message",
+    "queue_flushed",
+    "message_sent",
+    "message_error",
+    "message_delivery_info",
+    "message_status",
+    "read_marked",
+    "chat_joined",
+    "chat_left",
+    "user_typing",
+    "sync_done",
+    "presence",
+    "member_joined",
+    "member_left",
+)
 
 
 def _no_nul(value: str) -> str:
@@ -116,6 +149,9 @@ class Sync(BaseModel):
 
     chats: Annotated[dict[UUID, Annotated[StrictInt, Field(ge=0)]], Field(max_length=MAX_SYNC_CHATS)] = {}
     since: AwareDatetime | None = None
+    # At most this many messages per chat (a phone on a metered link); the server's own
+    # compaction limit applies when it is lower.
+    limit: Annotated[StrictInt, Field(ge=1)] | None = None
 
 
 def encode_frame(event: str, data: Any) -> bytes:

@@ -1,10 +1,20 @@
+from pathlib import Path
 from uuid import uuid4
 
 import orjson
 
 from switchboard_contracts.errors import DESCRIPTIONS, HTTP_STATUS, ErrorCode
 from switchboard_contracts.events import EVENT_TYPES, Envelope, Origin, SessionOpened
-from switchboard_contracts.wire import SendMessage, encode_frame, message_error_frame
+from switchboard_contracts.wire import (
+    CLIENT_EVENTS,
+    SERVER_EVENTS,
+    ChatRef,
+    SendMessage,
+    encode_frame,
+    message_error_frame,
+)
+
+PROTOCOL = Path(__file__).resolve().parents[3] / "docs" / "protocol.md"
 
 
 def test_every_error_code_is_documented_and_mapped() -> None:
@@ -39,3 +49,17 @@ def test_frames_are_event_and_data() -> None:
         "message": "m",
     }
     assert Origin(gateway_id="g", session_id="s").session_id == "s"
+
+
+def test_every_event_and_error_code_is_in_the_protocol_document_with_an_example() -> None:
+    text = PROTOCOL.read_text()
+    for name in (*CLIENT_EVENTS, *SERVER_EVENTS):
+        assert f'"event": "{name}"' in text or f'"event":"{name}"' in text, f"no example frame of {name}"
+    for code in ErrorCode:
+        assert f"| `{code.value}` |" in text, f"error code {code.value} is not in the table of section 8.1"
+
+
+def test_join_chat_takes_the_bare_chat_id_of_socket_io_clients() -> None:
+    chat = uuid4()
+    assert ChatRef.model_validate(str(chat)).chat_id == chat
+    assert ChatRef.model_validate({"chat_id": str(chat)}).chat_id == chat

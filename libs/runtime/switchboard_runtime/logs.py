@@ -20,7 +20,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     if sys.stderr.isatty():
         renderer = structlog.dev.ConsoleRenderer()
     else:
-        renderer = structlog.processors.JSONRenderer(serializer=lambda obj, **_: orjson.dumps(obj).decode())
+        # default=repr: a value orjson cannot encode (an exception's driver metadata, say) must
+        # not turn the log line of an error into a second error that hides the first.
+        renderer = structlog.processors.JSONRenderer(
+            serializer=lambda obj, **_: orjson.dumps(obj, default=repr).decode()
+        )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -21,6 +21,7 @@ from .context import Gateway
 from .http_api import router
 from .metrics import SESSIONS
 from .registry import Registry
+from .rooms import Rooms
 from .routes import RouteConsumer
 from .settings import Settings
 from .ws import websocket_endpoint
@@ -52,29 +53,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gateway_id = f"gw-{uuid4().hex[:12]}"
         topology = Topology(settings.namespace)
         bus = Bus(settings.amqp_url, topology, source=f"gateway/{gateway_id}")
-        await bus.connect()
-        channel = await bus.connection.channel()
-        await channel.set_qos(prefetch_count=settings.route_prefetch)
-        # Exclusive: the queue, and with it every user binding, vanishes with this process, so
-        # the broker stops routing to a dead gateway and delivery sees those users as offline.
-        queue = await channel.declare_queue(
-            topology.gateway_queue(gateway_id), exclusive=True, auto_delete=True
-        )
-        await queue.bind(topology.route_exchange, Topology.gateway_key(gateway_id))
-        registry = Registry(queue, topology)
-        SESSIONS.set_function(lambda: len(registry.sessions))
-        gateway = Gateway(gateway_id, settings, bus, registry, verifier)
-        await queue.consume(RouteConsumer(registry))
-        bus.connection.reconnect_callbacks.add(gateway.resync)
-        runtime = Runtime(bus=bus)
-        spawn(heartbeat(gateway), runtime.tasks, "heartbeat")
-        app.state.gateway = gateway
-        app.state.runtime = runtime
         async with (
-            httpx.AsyncClient(base_url=settings.messages_url, timeout=10.0) as client,
+            httpx.AsyncClient(base_url=settings.messages_url, timeout=10.0) as messages_client,
             httpx.AsyncClient(base_url=settings.presence_url, timeout=10.0) as presence_client,
         ):
-            app.state.messages_client = client
+            await bus.connect()
+            channel = await bus.connection.channel()
+            await channel.set_qos(prefetch_count=settings.route_prefetch)
+            # Exclusive: the queue, and with it every user and room binding, vanishes with this
+            # process, so the broker stops routing to a dead gateway and delivery sees those
+            # users as offline.
+            queue = await channel.declare_queue(
+                topology.gateway_queue(gateway_id), exclusive=True, auto_delete=True
+            )
+            await queue.bind(topology.route_exchange, Topology.gateway_key(gateway_id))
+            registry = Registry(queue, topology)
+            SESSIONS.set_function(lambda: len(registry.sessions))
+
+            async def publish_route(key: str, frame: bytes, headers: dict[str, object]) -> bool:
+                return await bus.publish("route", key, frame, headers=headers)
+
+            rooms = Rooms(queue, topology, publish_route, settings.typing_ttl_seconds)
+            gateway = Gateway(gateway_id, settings, bus, registry, verifier, rooms, messages_client)
+            await queue.consume(RouteConsumer(registry, rooms))
+            bus.connection.reconnect_callbacks.add(gateway.resync)
+            runtime = Runtime(bus=bus)
+            spawn(heartbeat(gateway), runtime.tasks, "heartbeat")
+            app.state.gateway = gateway
+            app.state.runtime = runtime
+            app.state.messages_client = messages_client
             app.state.presence_client = presence_client
             log.info("gateway started", gateway_id=gateway_id, namespace=settings.namespace)
             try:

@@ -1,7 +1,9 @@
-"""What the gateway's handlers share: its identity, the bus, the session registry, the settings."""
+"""What the gateway's handlers share: its identity, the bus, sessions, rooms, settings, and the
+internal APIs it calls."""
 
 from dataclasses import dataclass
 
+import httpx
 import structlog
 
 from switchboard_contracts.events import Envelope, Event, FlushRequested, Origin, SessionOpened
@@ -9,6 +11,7 @@ from switchboard_runtime.amqp import Bus
 
 from .auth import Verifier
 from .registry import Registry
+from .rooms import Rooms
 from .sessions import Session
 from .settings import Settings
 
@@ -24,6 +27,9 @@ class Gateway:
     bus: Bus
     registry: Registry
     verifier: Verifier
+    rooms: Rooms
+    # The messages service's internal API: membership checks and sync.
+    messages: httpx.AsyncClient
 
     def origin(self, session: Session) -> Origin:
         return Origin(gateway_id=self.id, session_id=session.id)

@@ -1,17 +1,31 @@
 """Handlers of authenticated client frames, routed by `FRAME_HANDLERS`."""
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
-from pydantic import ValidationError
+from aiolimiter import AsyncLimiter
+from pydantic import BaseModel, ValidationError
 
 from switchboard_contracts.errors import ErrorCode
-from switchboard_contracts.events import DeliveryAcked, MessageSent
-from switchboard_contracts.wire import MessageReceived, SendMessage, error_frame, message_error_frame
+from switchboard_contracts.events import ChatReadMarked, DeliveryAcked, MessageSent
+from switchboard_contracts.wire import (
+    ChatRef,
+    MarkRead,
+    MessageReceived,
+    SendMessage,
+    Sync,
+    Typing,
+    encode_frame,
+    error_frame,
+    message_error_frame,
+)
+from switchboard_runtime.http_errors import ApiError
 
 from .context import Gateway
+from .internal import call
 from .sessions import Session
+from .sync import run_sync
 
 __all__ = ["FRAME_HANDLERS", "describe"]
 
@@ -68,18 +82,93 @@ async def on_send_message(gateway: Gateway, session: Session, data: Any) -> None
         )
 
 
-async def on_message_received(gateway: Gateway, session: Session, data: Any) -> None:
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _parse(session: Session, event: str, model: type[Model], data: Any) -> Model | None:
+    """The frame's data, or None after answering `bad_request` naming the bad fields."""
     try:
-        ack = MessageReceived.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        session.push(error_frame(ErrorCode.BAD_REQUEST, describe(exc)))
+        session.push(error_frame(ErrorCode.BAD_REQUEST, f"{event}: {describe(exc)}"))
+        return None
+
+
+async def on_message_received(gateway: Gateway, session: Session, data: Any) -> None:
+    if (ack := _parse(session, "message_received", MessageReceived, data)) is None:
         return
     await gateway.publish(
         DeliveryAcked(user_id=session.user_id, session_id=session.id, message_ids=ack.message_ids)
     )
 
 
+async def on_mark_read(gateway: Gateway, session: Session, data: Any) -> None:
+    """Messages checks membership and answers `read_marked` (or an error) to the reader."""
+    if (mark := _parse(session, "mark_read", MarkRead, data)) is None:
+        return
+    await gateway.publish(
+        ChatReadMarked(
+            chat_id=mark.chat_id, user_id=session.user_id, seq=mark.seq, origin=gateway.origin(session)
+        )
+    )
+
+
+async def on_join_chat(gateway: Gateway, session: Session, data: Any) -> None:
+    if (ref := _parse(session, "join_chat", ChatRef, data)) is None:
+        return
+    chat_id = str(ref.chat_id)
+    if not gateway.rooms.joined(session, chat_id):
+        try:
+            await call(gateway.messages, "GET", f"/internal/chats/{chat_id}/membership", session.user_id)
+        except ApiError as exc:
+            session.push(error_frame(exc.code, f"join_chat: {exc.message}"))
+            return
+        await gateway.rooms.join(session, chat_id)
+    session.push(encode_frame("chat_joined", {"chat_id": chat_id}))
+
+
+async def on_leave_chat(gateway: Gateway, session: Session, data: Any) -> None:
+    if (ref := _parse(session, "leave_chat", ChatRef, data)) is None:
+        return
+    await gateway.rooms.leave(session, str(ref.chat_id))
+    session.push(encode_frame("chat_left", {"chat_id": str(ref.chat_id)}))
+
+
+async def on_typing(gateway: Gateway, session: Session, data: Any) -> None:
+    if (typing := _parse(session, "typing", Typing, data)) is None:
+        return
+    chat_id = str(typing.chat_id)
+    if not gateway.rooms.joined(session, chat_id):
+        session.push(error_frame(ErrorCode.NOT_JOINED, f"typing: join_chat {chat_id} first"))
+        return
+    settings = gateway.settings
+    if session.typing_limit is None:
+        session.typing_limit = AsyncLimiter(
+            settings.typing_burst, settings.typing_burst / settings.typing_per_second
+        )
+    if not session.typing_limit.has_capacity():
+        session.push(error_frame(ErrorCode.RATE_LIMITED, "typing: too many typing frames; slow down"))
+        return
+    await session.typing_limit.acquire()  # has capacity: returns at once
+    await gateway.rooms.typing(session, chat_id, typing.is_typing)
+
+
+async def on_sync(gateway: Gateway, session: Session, data: Any) -> None:
+    if (request := _parse(session, "sync", Sync, data)) is None:
+        return
+    if session.syncing:
+        session.push(error_frame(ErrorCode.BAD_REQUEST, "sync: a sync is already running"))
+        return
+    # In the background: the session keeps reading frames (acks, sends) while it replays.
+    session.start_sync(run_sync(gateway, session, request))
+
+
 FRAME_HANDLERS: dict[str, FrameHandler] = {
     "send_message": on_send_message,
     "message_received": on_message_received,
+    "mark_read": on_mark_read,
+    "join_chat": on_join_chat,
+    "leave_chat": on_leave_chat,
+    "typing": on_typing,
+    "sync": on_sync,
 }

@@ -1,27 +1,26 @@
-"""The client HTTP API (Bearer JWT): chats, membership and history.
+"""The client HTTP API (Bearer JWT): chats, membership and history, and presence.
 
-The gateway authenticates and forwards to the messages service, which owns chats; it never
-touches another service's tables itself.
+The gateway authenticates and forwards to the service that owns the data (messages for chats,
+presence for who is online); it never touches another service's tables itself.
 """
 
 from typing import Annotated, Any
+from urllib.parse import quote
 from uuid import UUID
 
 import httpx
-import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from switchboard_contracts.errors import ErrorCode
-from switchboard_contracts.models import AddMember, ChatOut, CreateChat, ErrorBody, HistoryPage
+from switchboard_contracts.models import AddMember, ChatOut, CreateChat, ErrorBody, HistoryPage, PresenceOut
 from switchboard_runtime.http_errors import ApiError
 
 from .auth import AuthError
 from .context import Gateway
+from .internal import call
 
 __all__ = ["router"]
-
-log = structlog.get_logger()
 
 
 bearer = HTTPBearer(auto_error=False)
@@ -48,34 +47,29 @@ ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody} for stat
 router = APIRouter(tags=["chats"], responses=ERRORS)
 
 
-async def _forward(request: Request, method: str, path: str, user: str, **kwargs: Any) -> httpx.Response:
+def _messages(request: Request) -> httpx.AsyncClient:
     client: httpx.AsyncClient = request.app.state.messages_client
-    try:
-        response = await client.request(method, path, headers={"X-Switchboard-User": user}, **kwargs)
-    except httpx.HTTPError as exc:
-        log.warning("messages service unreachable", error=str(exc))
-        raise ApiError(ErrorCode.INTERNAL, "chat service unavailable; try again") from None
-    if response.status_code >= 400:
-        try:
-            body = ErrorBody.model_validate_json(response.content)
-            raise ApiError(ErrorCode(body.code), body.message)
-        except ValueError:
-            log.warning("unexpected answer from messages service", status=response.status_code)
-            raise ApiError(ErrorCode.INTERNAL, "chat service error") from None
-    return response
+    return client
+
+
+def _presence(request: Request) -> httpx.AsyncClient:
+    client: httpx.AsyncClient = request.app.state.presence_client
+    return client
 
 
 @router.post(
     "/chats", status_code=201, summary="Create a direct or group chat (the caller is always a member)"
 )
 async def create_chat(body: CreateChat, user: Caller, request: Request) -> ChatOut:
-    response = await _forward(request, "POST", "/internal/chats", user, json=body.model_dump(mode="json"))
+    response = await call(
+        _messages(request), "POST", "/internal/chats", user, json=body.model_dump(mode="json")
+    )
     return ChatOut.model_validate(response.json())
 
 
 @router.get("/chats", summary="The caller's chats")
 async def list_chats(user: Caller, request: Request) -> list[ChatOut]:
-    response = await _forward(request, "GET", "/internal/chats", user)
+    response = await call(_messages(request), "GET", "/internal/chats", user)
     return [ChatOut.model_validate(chat) for chat in response.json()]
 
 
@@ -90,19 +84,35 @@ async def history(
     params: dict[str, int] = {"limit": limit}
     if before_seq is not None:
         params["before_seq"] = before_seq
-    response = await _forward(request, "GET", f"/internal/chats/{chat_id}/messages", user, params=params)
+    response = await call(
+        _messages(request), "GET", f"/internal/chats/{chat_id}/messages", user, params=params
+    )
     return HistoryPage.model_validate(response.json())
 
 
 @router.post("/chats/{chat_id}/members", status_code=201, summary="Add a member (group chats)")
 async def add_member(chat_id: UUID, body: AddMember, user: Caller, request: Request) -> ChatOut:
-    response = await _forward(
-        request, "POST", f"/internal/chats/{chat_id}/members", user, json=body.model_dump()
+    response = await call(
+        _messages(request), "POST", f"/internal/chats/{chat_id}/members", user, json=body.model_dump()
     )
     return ChatOut.model_validate(response.json())
 
 
 @router.delete("/chats/{chat_id}/members/{user_id}", status_code=204, summary="Remove a member (group chats)")
 async def remove_member(chat_id: UUID, user_id: str, user: Caller, request: Request) -> Response:
-    await _forward(request, "DELETE", f"/internal/chats/{chat_id}/members/{user_id}", user)
+    await call(
+        _messages(request), "DELETE", f"/internal/chats/{chat_id}/members/{quote(user_id, safe='')}", user
+    )
     return Response(status_code=204)
+
+
+@router.get(
+    "/users/{user_id}/presence",
+    tags=["presence"],
+    summary="Whether a user is online; only for the user and those sharing a chat with them",
+)
+async def presence(user_id: str, user: Caller, request: Request) -> PresenceOut:
+    response = await call(
+        _presence(request), "GET", f"/internal/users/{quote(user_id, safe='')}/presence", user
+    )
+    return PresenceOut.model_validate(response.json())

@@ -12,7 +12,30 @@ from switchboard_contracts.topology import Topology
 from .routed import Routed
 from .sessions import Session
 
-__all__ = ["Registry"]
+__all__ = ["KeyedLocks", "Registry"]
+
+
+class KeyedLocks:
+    """One lock per key (a user, a chat room), kept only while someone holds or waits for it.
+
+    Each lock counts its holders and waiters and is dropped at zero, so no waiter is ever left
+    holding a lock that a newcomer has replaced.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
 
 
 class Registry:
@@ -21,21 +44,7 @@ class Registry:
         self.topology = topology
         self.sessions: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = defaultdict(set)
-        # Per-user lock and how many coroutines hold or wait for it. It is dropped at zero, so
-        # no waiter is ever left holding a lock that a newcomer has replaced.
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-
-    @contextlib.asynccontextmanager
-    async def _user_lock(self, user_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(user_id, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._locks[user_id]
+        self._user_lock = KeyedLocks()
 
     async def attach(self, session: Session) -> None:
         """Bind the user's route (first session here) before the session counts as connected."""

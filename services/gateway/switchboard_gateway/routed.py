@@ -39,6 +39,9 @@ class Routed:
     session_id: str | None = None
     user_id: str | None = None
     except_session: str | None = None
+    # Room frames: whether the user is typing. On member_left to the removed user: the chat.
+    typing: bool = False
+    left_chat: str | None = None
 
     @classmethod
     def from_message(cls, message: AbstractIncomingMessage) -> "Routed":
@@ -56,4 +59,6 @@ class Routed:
             more_after=_number(headers, Headers.MORE),
             flush_id=header_text(headers, Headers.FLUSH),
             after=_number(headers, Headers.AFTER),
+            typing=bool(_number(headers, Headers.TYPING)),
+            left_chat=header_text(headers, Headers.LEFT_CHAT),
         )

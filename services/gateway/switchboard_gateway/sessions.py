@@ -19,6 +19,7 @@ from typing import Any
 from uuid import uuid4
 
 import structlog
+from aiolimiter import AsyncLimiter
 
 from switchboard_contracts.errors import ErrorCode
 from switchboard_contracts.wire import encode_frame
@@ -36,6 +37,9 @@ CATCH_UP_TIMEOUT = "catch_up_timeout"
 # the byte bound, wait for the socket: a page (at most 4 MiB) then still fits, even of large
 # messages, and the socket never runs dry for long.
 NEXT_PAGE_WATERMARK = 100
+# Message ids this session sent lately, so a sync does not send again what the live stream or a
+# queue flush already did. A sync starts right after connecting, so the last 10,000 cover it.
+RECENT_IDS = 10_000
 
 Send = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Coroutine[Any, Any, None]]
@@ -58,13 +62,17 @@ class Session:
     device_id: str | None = None
     # Called with the position to continue after when a flush page is done and there is room.
     request_page: Callable[[int], Coroutine[Any, Any, None]] | None = None
+    # How fast this session may send `typing` (created on its first `typing`).
+    typing_limit: AsyncLimiter | None = None
     id: str = field(default_factory=lambda: f"s-{uuid4().hex}")
     catching_up: bool = True
+    # A `sync` is replaying history: live messages wait, queue flush pages are ignored.
+    syncing: bool = False
     closed: bool = False
     _buffer: asyncio.Queue[bytes | None] = field(init=False)
     _bytes: int = 0
     _held: list[Routed] = field(default_factory=list)
-    _flushed_ids: set[str] = field(default_factory=set)
+    _sent_ids: dict[str, None] = field(default_factory=dict)
     _flushed_seq: dict[str, int] = field(default_factory=dict)
     _flushed_count: int = 0
     _next_page_after: int | None = None
@@ -74,6 +82,8 @@ class Session:
     _expected_after: int | None = None
     _writer: asyncio.Task[None] | None = None
     _flush_timer: asyncio.TimerHandle | None = None
+    _drained: asyncio.Event = field(default_factory=asyncio.Event)
+    _sync_task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self._buffer = asyncio.Queue(self.buffer_limit)
@@ -86,7 +96,18 @@ class Session:
         while (frame := await self._buffer.get()) is not None:
             self._bytes -= len(frame)
             await self.send(frame.decode())
+            if self._has_room():
+                self._drained.set()
             self._maybe_request_page()
+
+    def _has_room(self) -> bool:
+        return self._buffer.qsize() <= NEXT_PAGE_WATERMARK and self._bytes <= self.buffer_bytes_limit // 4
+
+    async def room(self) -> None:
+        """Wait until the socket has taken most of what waits for it (as for a flush page)."""
+        while not self._has_room() and not self.closed:
+            self._drained.clear()
+            await self._drained.wait()
 
     def push(self, frame: bytes) -> None:
         """Queue a frame for the socket; a client that lets the buffer fill is dropped."""
@@ -104,6 +125,7 @@ class Session:
             return
         log.warning("session dropped", reason=reason, session_id=self.id, user_id=self.user_id)
         self.closed = True
+        self._drained.set()
         self._spawn(self.close(CLOSE_TRY_AGAIN, reason))
 
     def deliver(self, routed: Routed) -> None:
@@ -113,7 +135,16 @@ class Session:
             if self._current_page(routed):
                 self._take_flush(routed)
         else:
-            self.push(routed.frame)
+            self._push_message(routed.message_id, routed.frame)
+
+    def _push_message(self, message_id: str | None, frame: bytes) -> None:
+        if message_id is not None:
+            if message_id in self._sent_ids:
+                return
+            self._sent_ids[message_id] = None
+            if len(self._sent_ids) > RECENT_IDS:
+                del self._sent_ids[next(iter(self._sent_ids))]
+        self.push(frame)
 
     def _current_page(self, routed: Routed) -> bool:
         return (
@@ -125,13 +156,9 @@ class Session:
 
     def _take_flush(self, routed: Routed) -> None:
         if routed.kind == "flush":
-            if routed.message_id in self._flushed_ids:
-                return  # the same page published twice (a redelivered request)
-            if routed.message_id:
-                self._flushed_ids.add(routed.message_id)
-            if routed.chat_id is not None and routed.seq is not None:
-                self._flushed_seq[routed.chat_id] = max(routed.seq, self._flushed_seq.get(routed.chat_id, 0))
-            self.push(routed.frame)
+            # The same page published twice (a redelivered request) is sent once.
+            self._push_message(routed.message_id, routed.frame)
+            self._note_sent(routed.chat_id, routed.seq)
             return
         self._expected_after = None  # a repeat of this marker is ignored from now on
         self._flushed_count += routed.count
@@ -153,7 +180,7 @@ class Session:
         after = self._next_page_after
         if after is None or self.closed or self.request_page is None:
             return
-        if self._buffer.qsize() <= NEXT_PAGE_WATERMARK and self._bytes <= self.buffer_bytes_limit // 4:
+        if self._has_room():
             self._next_page_after = None
             self._expected_after = after
             self._spawn(self.request_page(after))
@@ -163,13 +190,45 @@ class Session:
         self.catching_up = True
         self.flush_id = uuid4().hex
         self._expected_after = 0
-        self._flushed_ids, self._flushed_seq, self._flushed_count = set(), {}, 0
+        self._flushed_seq, self._flushed_count = {}, 0
         self._next_page_after = None
         if self._flush_timer is not None:
             self._flush_timer.cancel()
         self._flush_timer = asyncio.get_running_loop().call_later(
             self.flush_timeout, self.drop, CATCH_UP_TIMEOUT
         )
+
+    def start_sync(self, replay: Coroutine[Any, Any, None]) -> None:
+        """Begin a sync whose replay runs as a task of this session (it ends with the session)."""
+        self.begin_sync()
+        self._sync_task = asyncio.create_task(replay, name=f"sync-{self.id}")
+
+    def begin_sync(self) -> None:
+        """A device replays what it missed itself: hold live messages, drop the queue flush.
+
+        A new flush id makes every page of a queue flush under way stale. There is no time
+        limit: the sync advances as fast as the client reads, and its held messages are bounded
+        like the buffer.
+        """
+        self.syncing = True
+        self.catching_up = True
+        self.flush_id = uuid4().hex
+        self._expected_after = self._next_page_after = None
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    def push_synced(self, message_id: str, chat_id: str, seq: int, frame: bytes) -> None:
+        self._push_message(message_id, frame)
+        self._note_sent(chat_id, seq)
+
+    def end_sync(self) -> None:
+        self.syncing = False
+        self.end_catch_up()
+
+    def _note_sent(self, chat_id: str | None, seq: int | None) -> None:
+        if chat_id is not None and seq is not None:
+            self._flushed_seq[chat_id] = max(seq, self._flushed_seq.get(chat_id, 0))
 
     def end_catch_up(self) -> None:
         if self._flush_timer is not None:
@@ -179,13 +238,11 @@ class Session:
         held, self._held = self._held, []
         for routed in held:
             self._bytes -= len(routed.frame)
-            if routed.message_id in self._flushed_ids:
-                continue  # the flush sent it already
             flushed_up_to = self._flushed_seq.get(routed.chat_id or "", 0)
             if routed.seq is not None and routed.seq <= flushed_up_to:
-                continue  # older than what the flush sent: acknowledged by another device meanwhile
-            self.push(routed.frame)
-        self._flushed_ids, self._flushed_seq = set(), {}
+                continue  # older than what the catch-up sent: already sent, or acknowledged meanwhile
+            self._push_message(routed.message_id, routed.frame)  # skipped if the catch-up sent it
+        self._flushed_seq = {}
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -195,8 +252,11 @@ class Session:
     async def stop(self) -> None:
         """End the writer; what it had not sent is still pending in delivery."""
         self.closed = True
+        self._drained.set()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
+        if self._sync_task is not None:
+            self._sync_task.cancel()
         if self._writer is None:
             return
         self._writer.cancel()

@@ -38,3 +38,10 @@ class Settings(CommonSettings):
     # Unacknowledged route deliveries in flight to this gateway; each is handed to in-memory
     # session buffers at once, so this only bounds the burst the event loop takes in one go.
     route_prefetch: int = Field(1000, ge=1)
+    # A typing state not refreshed within this time ends by itself ("is typing" must not stick
+    # when a client forgets to say it stopped); clients refresh every few seconds while typing.
+    typing_ttl_seconds: float = Field(6.0, gt=0)
+    # `typing` frames one session may send: a burst of 10 (start/stop per keystroke burst in a
+    # couple of chats), refilling at 2 per second; past it the frame is refused `rate_limited`.
+    typing_burst: int = Field(10, ge=1)
+    typing_per_second: float = Field(2.0, gt=0)

@@ -69,6 +69,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         pass
     finally:
         if session is not None:
+            await gateway.rooms.leave_all(session)  # others see its typing end at once
             await gateway.registry.detach(session)
             await session.stop()
             with contextlib.suppress(Exception):

@@ -162,3 +162,45 @@ async def test_held_messages_count_against_the_byte_bound() -> None:
     await sink.until(lambda: sink.closed is not None)
     assert sink.closed == (CLOSE_TRY_AGAIN, "slow_consumer")
     await session.stop()
+
+
+async def test_sync_replaces_the_queue_flush_and_releases_only_newer_live_messages() -> None:
+    sink = Sink()
+    session = session_for(sink, buffer_limit=20)
+    stale_flush_id = session.flush_id
+    session.deliver(live("m2", 2))  # before the sync: held behind the queue catch-up
+    session.begin_sync()
+    session.deliver(Routed("flush", b"flush-m1", "m1", "c1", 1, flush_id=stale_flush_id, after=0))
+    session.deliver(live("m5", 5))
+    session.deliver(live("n1", 1, chat="c2"))
+    for seq in (1, 2, 3, 4):
+        session.push_synced(f"m{seq}", "c1", seq, f"sync-m{seq}".encode())
+    session.push_synced("m2", "c1", 2, b"sync-m2-again")
+    session.end_sync()
+    await sink.until(lambda: len(sink.frames) == 6)
+    # The stale queue page is ignored, the synced range goes once in order, then held live
+    # messages newer than it (m5) or of chats the sync did not cover (n1).
+    assert sink.frames == ["sync-m1", "sync-m2", "sync-m3", "sync-m4", "live-m5", "live-n1"]
+    assert not session.catching_up and not session.syncing
+    await session.stop()
+
+
+async def test_room_waits_until_the_socket_took_the_buffer() -> None:
+    sink = Sink()
+    blocked = asyncio.Event()
+
+    async def slow_send(frame: str) -> None:
+        await blocked.wait()
+        await sink.send(frame)
+
+    session = Session("ann", slow_send, sink.close, buffer_limit=500)
+    session.start()
+    for i in range(300):
+        session.push(f"f{i}".encode())
+    waiting = asyncio.create_task(session.room())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    blocked.set()
+    await asyncio.wait_for(waiting, 5)
+    assert len(sink.frames) >= 300 - 100
+    await session.stop()

@@ -13,12 +13,24 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from switchboard_contracts.errors import ErrorCode
 from switchboard_contracts.events import ChatCreated, ChatMemberAdded, ChatMemberRemoved, Event
-from switchboard_contracts.models import AddMember, ChatOut, CreateChat, HistoryPage, UserId
+from switchboard_contracts.models import (
+    AddMember,
+    ChatOut,
+    CreateChat,
+    HistoryMessage,
+    HistoryPage,
+    MessageOut,
+    Receipt,
+    SyncPlan,
+    SyncRequest,
+    UserId,
+)
 from switchboard_runtime.db import Conn
 from switchboard_runtime.outbox import OutboxWriter
 
-from . import store
-from .domain import ChatState, DomainError, chat_members_for, check_membership_change
+from . import read_store, store
+from .domain import ChatState, DomainError, chat_members_for, check_membership_change, plan_chat_sync
+from .settings import Settings
 
 __all__ = ["router"]
 
@@ -93,20 +105,75 @@ async def list_chats(caller: Caller, pool: Pool) -> list[ChatOut]:
         return list(await store.chats_of(conn, caller))
 
 
+@router.get("/chats/{chat_id}/membership", status_code=204)
+async def membership(chat_id: UUID, caller: Caller, pool: Pool) -> Response:
+    """204 when the caller is a member now (the gateway asks before a session joins a room)."""
+    async with pool.acquire() as conn:
+        await _require_member(conn, chat_id, caller)
+    return Response(status_code=204)
+
+
 @router.get("/chats/{chat_id}/messages")
 async def chat_history(
     chat_id: UUID,
     caller: Caller,
     pool: Pool,
     before_seq: Annotated[int | None, Query(ge=1)] = None,
+    # Forward paging, used by the gateway to replay a device's sync in seq order.
+    after_seq: Annotated[int | None, Query(ge=0)] = None,
     # 200 per page keeps one response under a few MB even at the maximum content length.
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> HistoryPage:
+    """What the caller may read: the messages of the time they were a member (a removed member
+    keeps the history up to the removal), with each recipient's receipt on the caller's own."""
     async with pool.acquire() as conn:
-        await _require_member(conn, chat_id, caller)
-        page = await store.history(conn, chat_id, before_seq, limit)
-    more = bool(page) and page[0].seq > 1
+        if not await store.ever_member(conn, chat_id, caller):
+            await _require_member(conn, chat_id, caller)  # answers chat_not_found or not_a_member
+        rows = await store.history(
+            conn, chat_id, caller, before_seq=before_seq, after_seq=after_seq, limit=limit
+        )
+        receipts = await store.receipts_of(conn, [row["id"] for row in rows if row["sender_id"] == caller])
+    page = [_history_message(row, caller, receipts) for row in rows]
+    more = bool(page) and after_seq is None and page[0].seq > 1
     return HistoryPage(messages=page, next_before_seq=page[0].seq if more else None)
+
+
+def _history_message(
+    row: asyncpg.Record, caller: str, receipts: dict[UUID, list[tuple[str, str]]]
+) -> HistoryMessage:
+    fields = {key: row[key] for key in MessageOut.model_fields}
+    if row["sender_id"] != caller:
+        return HistoryMessage(**fields)
+    return HistoryMessage(
+        **fields,
+        delivered_count=row["delivered_count"],
+        read_count=row["read_count"],
+        total=row["recipients"],
+        receipts=[Receipt(user_id=user, status=status) for user, status in receipts.get(row["id"], [])],
+    )
+
+
+@router.post("/sync")
+async def sync_plan(body: SyncRequest, caller: Caller, pool: Pool, request: Request) -> SyncPlan:
+    """Per chat, the range of messages a device's `sync` replays (the gateway then pages them)."""
+    settings: Settings = request.app.state.settings
+    limit = min(body.limit or settings.sync_compaction_limit, settings.sync_compaction_limit)
+    async with pool.acquire() as conn:
+        rows = await read_store.sync_rows(conn, caller, body.chats, body.since)
+    return SyncPlan(
+        chats=[
+            plan_chat_sync(
+                row.chat_id,
+                joined_seq=row.joined_seq,
+                end_seq=row.end_seq,
+                seen=row.seen,
+                since_seq=row.since_seq,
+                unread=row.unread,
+                limit=limit,
+            )
+            for row in rows
+        ]
+    )
 
 
 @router.post("/chats/{chat_id}/members", status_code=201)
@@ -114,7 +181,7 @@ async def add_member(chat_id: UUID, body: AddMember, caller: Caller, pool: Pool)
     async with pool.acquire() as conn, conn.transaction():
         chat = await _lock_as_member(conn, chat_id, caller)
         check_membership_change(chat)
-        if await store.insert_member(conn, chat_id, body.user_id):
+        if await store.insert_member(conn, chat_id, body.user_id, joined_seq=chat.last_seq):
             await _record_change(
                 conn, chat, ChatMemberAdded(chat_id=chat_id, user_id=body.user_id, by=caller)
             )
@@ -129,7 +196,7 @@ async def remove_member(chat_id: UUID, user_id: str, caller: Caller, pool: Pool)
     async with pool.acquire() as conn, conn.transaction():
         chat = await _lock_as_member(conn, chat_id, caller)
         check_membership_change(chat)
-        if not await store.remove_member(conn, chat_id, user_id):
+        if not await store.remove_member(conn, chat_id, user_id, left_seq=chat.last_seq):
             raise DomainError(ErrorCode.NOT_A_MEMBER, f"{user_id} is not a member of chat {chat_id}")
         await _record_change(conn, chat, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller))
     return Response(status_code=204)

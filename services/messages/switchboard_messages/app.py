@@ -20,6 +20,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = event_app(SERVICE, settings, HANDLERS, title="Switchboard messages (internal)")
+    app.state.settings = settings
     app.include_router(router)
     install_error_handlers(app)
     return app

@@ -20,7 +20,11 @@ __all__ = [
     "messages_in_chats",
     "save_chat_states",
     "stored_by_temp_id",
+    "VISIBLE_TO",
     "append_event",
+    "ever_member",
+    "last_seq",
+    "receipts_of",
     "chat_exists",
     "chat_out",
     "chats_of",
@@ -57,6 +61,11 @@ async def save_chat_state(conn: Conn, chat_id: UUID, version: int, last_seq: int
     await conn.execute(
         "UPDATE chats SET version = $2, last_seq = $3 WHERE id = $1", chat_id, version, last_seq
     )
+
+
+async def last_seq(conn: Conn, chat_id: UUID) -> int:
+    seq: int = await conn.fetchval("SELECT last_seq FROM chats WHERE id = $1", chat_id)
+    return seq
 
 
 async def chat_exists(conn: Conn, chat_id: UUID) -> bool:
@@ -99,18 +108,50 @@ async def insert_chat(conn: Conn, chat: ChatOut, created_by: str) -> None:
     )
 
 
-async def insert_member(conn: Conn, chat_id: UUID, user_id: str) -> bool:
+async def insert_member(conn: Conn, chat_id: UUID, user_id: str, joined_seq: int) -> bool:
+    """Add a member who sees the messages after `joined_seq` (the chat's seq when added)."""
     status: str = await conn.execute(
-        "INSERT INTO chat_members (chat_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", chat_id, user_id
+        "INSERT INTO chat_members (chat_id, user_id, joined_seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        chat_id,
+        user_id,
+        joined_seq,
     )
     return status.endswith(" 1")
 
 
-async def remove_member(conn: Conn, chat_id: UUID, user_id: str) -> bool:
+async def remove_member(conn: Conn, chat_id: UUID, user_id: str, left_seq: int) -> bool:
+    """End a membership, keeping its period so the history up to `left_seq` stays readable."""
     status: str = await conn.execute(
-        "DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2", chat_id, user_id
+        "WITH gone AS (DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2 RETURNING joined_seq)"
+        " INSERT INTO past_members (chat_id, user_id, joined_seq, left_seq)"
+        " SELECT $1, $2, joined_seq, $3 FROM gone ON CONFLICT DO NOTHING",
+        chat_id,
+        user_id,
+        left_seq,
     )
     return status.endswith(" 1")
+
+
+# Whether user $2 may see message `m`: a member since before it, or a past member whose
+# membership covered it. Spliced into queries as a constant (S608 is safe).
+VISIBLE_TO = (
+    "(EXISTS (SELECT 1 FROM chat_members cm WHERE cm.chat_id = m.chat_id AND cm.user_id = $2"
+    "  AND m.seq > cm.joined_seq)"
+    " OR EXISTS (SELECT 1 FROM past_members pm WHERE pm.chat_id = m.chat_id AND pm.user_id = $2"
+    "  AND m.seq > pm.joined_seq AND m.seq <= pm.left_seq))"
+)
+
+
+async def ever_member(conn: Conn, chat_id: UUID, user_id: str) -> bool:
+    """A member now or before: may read the history of the time they belonged."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)"
+            " OR EXISTS (SELECT 1 FROM past_members WHERE chat_id = $1 AND user_id = $2)",
+            chat_id,
+            user_id,
+        )
+    )
 
 
 async def chat_out(conn: Conn, chat_id: UUID) -> ChatOut | None:
@@ -130,16 +171,54 @@ async def chats_of(conn: Conn, user_id: str) -> Sequence[ChatOut]:
     return [ChatOut.model_validate(dict(row)) for row in rows]
 
 
-async def history(conn: Conn, chat_id: UUID, before_seq: int | None, limit: int) -> list[MessageOut]:
-    """The `limit` messages before `before_seq` (newest page when None), oldest first."""
+_HISTORY_COLUMNS = "m.id, m.chat_id, m.seq, m.sender_id, m.content, m.message_type, m.reply_to, m.created_at"
+
+
+async def history(
+    conn: Conn, chat_id: UUID, reader: str, *, before_seq: int | None, after_seq: int | None, limit: int
+) -> list[asyncpg.Record]:
+    """Up to `limit` messages `reader` may see, oldest first: the newest page before
+    `before_seq` (the newest of all when None), or, with `after_seq`, the first page after it.
+    Rows carry the receipt counters too."""
+    columns = f"{_HISTORY_COLUMNS}, m.recipients, m.delivered_count, m.read_count"
+    if after_seq is not None:
+        return await conn.fetch(
+            f"SELECT {columns} FROM messages m WHERE m.chat_id = $1 AND m.seq > $3"  # noqa: S608
+            f" AND {VISIBLE_TO} ORDER BY m.seq LIMIT $4",
+            chat_id,
+            reader,
+            after_seq,
+            limit,
+        )
     rows = await conn.fetch(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608
-        " WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+        f"SELECT {columns} FROM messages m WHERE m.chat_id = $1 AND m.seq < $3"  # noqa: S608
+        f" AND {VISIBLE_TO} ORDER BY m.seq DESC LIMIT $4",
         chat_id,
+        reader,
         before_seq if before_seq is not None else 2**62,
         limit,
     )
-    return [_message(row) for row in reversed(rows)]
+    return list(reversed(rows))
+
+
+async def receipts_of(conn: Conn, message_ids: Sequence[UUID]) -> dict[UUID, list[tuple[str, str]]]:
+    """For each message, every recipient it had (members when it was sent, but the sender) and
+    their status: `sent` until a receipt says more."""
+    rows = await conn.fetch(
+        "SELECT m.id, r.user_id, coalesce(rc.status, 'sent') FROM messages m"
+        " JOIN LATERAL ("
+        "  SELECT user_id FROM chat_members cm WHERE cm.chat_id = m.chat_id AND cm.joined_seq < m.seq"
+        "  UNION SELECT user_id FROM past_members pm WHERE pm.chat_id = m.chat_id"
+        "   AND pm.joined_seq < m.seq AND m.seq <= pm.left_seq"
+        " ) r ON r.user_id <> m.sender_id"
+        " LEFT JOIN receipts rc ON rc.message_id = m.id AND rc.user_id = r.user_id"
+        " WHERE m.id = ANY($1::uuid[]) ORDER BY m.id, r.user_id",
+        list(message_ids),
+    )
+    out: dict[UUID, list[tuple[str, str]]] = {}
+    for message_id, user_id, status in rows:
+        out.setdefault(message_id, []).append((user_id, status))
+    return out
 
 
 # Set-based reads and writes for a batch of sends: a handful of statements per batch, whatever
@@ -192,9 +271,12 @@ async def messages_in_chats(conn: Conn, pairs: Collection[tuple[UUID, UUID]]) ->
 async def insert_messages(conn: Conn, messages: Sequence[tuple[MessageOut, str]]) -> None:
     inserted = await conn.fetchval(
         "WITH added AS ("  # noqa: S608 - _MESSAGE_COLUMNS is a constant
-        f" INSERT INTO messages ({_MESSAGE_COLUMNS}, temp_id)"
-        " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[],"
+        f" INSERT INTO messages ({_MESSAGE_COLUMNS}, temp_id, recipients)"
+        " SELECT m.*, (SELECT count(*) FROM chat_members cm WHERE cm.chat_id = m.chat_id"
+        "  AND cm.user_id <> m.sender_id)"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[],"
         " $7::uuid[], $8::timestamptz[], $9::text[])"
+        " AS m (id, chat_id, seq, sender_id, content, message_type, reply_to, created_at, temp_id)"
         " ON CONFLICT (sender_id, temp_id) DO NOTHING RETURNING 1)"
         " SELECT count(*) FROM added",
         [m.id for m, _ in messages],

@@ -1,0 +1,84 @@
+"""Multi-device catch-up: a device that was away replays exactly what it missed, per chat in
+seq order, while new messages keep arriving; past the compaction limit it is told so."""
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from .client import Client, unique
+from .conftest import Connector
+
+
+async def send_all(sender: Client, plan: list[tuple[str, str]]) -> None:
+    for chat, content in plan:
+        await sender.send_message(chat, content)
+
+
+def seqs(client: Client, chat: str) -> list[int]:
+    return [m["seq"] for m in client.messages(chat)]
+
+
+async def test_device_syncs_every_missed_message_in_order_while_live_ones_arrive(connect: Connector) -> None:
+    a, b = unique("a"), unique("b")
+    api = connect.api(a)
+    chats = [await api.create_chat([b]) for _ in range(3)]
+    alice = await connect(a, gateway=0)
+    phone = await connect(b, gateway=1)
+    await send_all(alice, [(chat, f"seen {i}") for chat in chats for i in range(5)])
+    await phone.wait_messages(15)
+    await phone.send("mark_read", {"chat_id": chats[0], "seq": 5})
+    await phone.next("read_marked")
+    await phone.close()  # the phone goes away knowing seq 5 of each chat
+
+    await send_all(alice, [(chats[i % 3], f"missed {i}") for i in range(200)])
+    await alice.wait(lambda _: len(alice.of("message_sent")) == 215)
+
+    phone = await connect(b, gateway=1)
+    live = asyncio.create_task(send_all(alice, [(chats[i % 3], f"live {i}") for i in range(30)]))
+    await phone.send("sync", {"chats": {chat: 5 for chat in chats}})
+    done = await phone.next("sync_done")
+    await live
+    await alice.wait(lambda _: len(alice.of("message_sent")) == 245)
+    last = Counter(sent["message"]["chat_id"] for sent in alice.of("message_sent"))
+
+    for chat in chats:
+        await phone.wait(lambda _, chat=chat: bool(seqs(phone, chat)) and seqs(phone, chat)[-1] == last[chat])
+        assert seqs(phone, chat) == list(range(6, last[chat] + 1))  # each once, in order, no gap
+        outcome = done["chats"][chat]
+        assert outcome["result"] == "replayed" and outcome["from_seq"] == 6
+        assert 5 + 200 // 3 <= outcome["to_seq"] <= last[chat]
+    assert done["chats"][chats[0]]["unread"] == done["chats"][chats[0]]["to_seq"] - 5
+    assert set(done["chats"]) == set(chats)
+
+
+async def test_sync_past_the_compaction_limit_says_compacted(connect: Connector) -> None:
+    a, b = unique("a"), unique("b")
+    chat = await connect.api(a).create_chat([b])
+    quiet = await connect.api(a).create_chat([b])
+    alice = await connect(a)
+    await send_all(alice, [(chat, f"m{i}") for i in range(120)])
+    await alice.wait(lambda _: len(alice.of("message_sent")) == 120)
+    tablet = await connect(b, gateway=1)
+    await tablet.send("mark_read", {"chat_id": chat, "seq": 30})
+    await tablet.next("read_marked")
+
+    await tablet.send("sync", {"chats": {chat: 10, quiet: 0}, "limit": 50})
+    done: dict[str, Any] = (await tablet.next("sync_done"))["chats"]
+
+    assert done[chat] == {"result": "compacted", "from_seq": 71, "to_seq": 120, "unread": 90}
+    assert done[quiet] == {"result": "replayed", "from_seq": None, "to_seq": None, "unread": 0}
+    assert seqs(tablet, chat) == list(range(71, 121))
+    # History has the rest, for the client to page backwards from from_seq.
+    older = (await connect.api(b).history(chat, before_seq=71, limit=200)).json()["messages"]
+    assert [m["seq"] for m in older] == list(range(1, 71))
+
+
+async def test_sync_refuses_bad_input_and_a_second_sync_at_once(connect: Connector) -> None:
+    b = unique("b")
+    device = await connect(b)
+    await device.send("sync", {"chats": {"not-a-uuid": 1}})
+    assert (await device.next("error"))["code"] == "bad_request"
+    await device.send("sync", {"chats": {}, "since": "yesterday"})
+    assert (await device.next("error"))["code"] == "bad_request"
+    await device.send("sync", {})
+    assert await device.next("sync_done") == {"chats": {}}

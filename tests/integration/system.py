@@ -119,6 +119,8 @@ class System:
             CHAT_LOG_LEVEL="INFO",
             # Small flush pages, so the offline-queue tests cross page boundaries.
             CHAT_FLUSH_PAGE_MESSAGES="40",
+            # A low sync compaction limit, so a test can miss more than it with 120 messages.
+            CHAT_SYNC_COMPACTION_LIMIT="100",
         )
         env.update(self.settings)
         env.update(extra)

@@ -1,5 +1,6 @@
 """Presence to clients: `presence` frames to contacts only, the grace period, the HTTP query."""
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +69,8 @@ async def test_reconnect_within_grace_is_not_seen(connect: Connector) -> None:
     assert (await alice.next("presence"))["status"] == "online"
 
     await bob.close()
+    # Away for one second (a network switch), well inside the 5 s grace: the scenario, not a wait.
+    await asyncio.sleep(1.0)
     bob = await online(connect, b, gateway=1)
     reconnected = datetime.now(UTC)
     await bob.close()

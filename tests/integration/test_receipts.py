@@ -45,6 +45,14 @@ async def test_delivered_then_read_up_to_seq_and_history(connect: Connector) -> 
         "total": 1,
     }
 
+    history = (await connect.api(a).history(chat)).json()["messages"]
+    assert [m["receipts"] for m in history] == [[{"user_id": b, "status": "read"}]] * 5 + [
+        [{"user_id": b, "status": "delivered"}]
+    ] * 5
+    assert [(m["delivered_count"], m["read_count"], m["total"]) for m in history] == [(1, 1, 1)] * 5 + [
+        (1, 0, 1)
+    ] * 5
+
     # Statuses only move forward: acknowledging read messages again, or marking an earlier seq
     # read, changes nothing. The next real change is the only status that follows.
     await bob.send("message_received", {"message_ids": ids[:5]})

@@ -197,10 +197,13 @@ async def test_room_waits_until_the_socket_took_the_buffer() -> None:
     session.start()
     for i in range(300):
         session.push(f"f{i}".encode())
-    waiting = asyncio.create_task(session.room())
-    await asyncio.sleep(0)
-    assert not waiting.done()
+
+    async def written_when_room() -> int:
+        await session.room()
+        return len(sink.frames)
+
+    waiting = asyncio.create_task(written_when_room())
     blocked.set()
-    await asyncio.wait_for(waiting, 5)
-    assert len(sink.frames) >= 300 - 100
+    # Nothing was written before the socket unblocked, so this proves room() waited for it.
+    assert await asyncio.wait_for(waiting, 5) >= 300 - 100
     await session.stop()

@@ -9,7 +9,7 @@ from typing import Annotated
 from uuid import UUID, uuid4
 
 import asyncpg
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from switchboard_contracts.errors import ErrorCode
 from switchboard_contracts.events import ChatCreated, ChatMemberAdded, ChatMemberRemoved, Event
@@ -23,9 +23,9 @@ from switchboard_contracts.models import (
     Receipt,
     SyncPlan,
     SyncRequest,
-    UserId,
 )
 from switchboard_runtime.db import Conn
+from switchboard_runtime.internal_api import Caller, Pool
 from switchboard_runtime.outbox import OutboxWriter
 
 from . import read_store, store
@@ -36,15 +36,6 @@ __all__ = ["router"]
 
 SOURCE = "messages"
 router = APIRouter(prefix="/internal")
-Caller = Annotated[UserId, Header(alias="X-Switchboard-User")]
-
-
-def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.runtime.pool
-    return pool
-
-
-Pool = Annotated[asyncpg.Pool, Depends(_pool)]
 
 
 async def _append(conn: Conn, chat_id: UUID, version: int, event: Event) -> None:

@@ -4,14 +4,12 @@ Not for clients. The gateway authenticates the caller and passes the user id in
 `X-Switchboard-User`; deploy this port where only gateways reach it.
 """
 
-from typing import Annotated
-
-import asyncpg
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter
 
 from switchboard_contracts.errors import ErrorCode
-from switchboard_contracts.models import PresenceOut, UserId
+from switchboard_contracts.models import PresenceOut
 from switchboard_runtime.http_errors import ApiError
+from switchboard_runtime.internal_api import Caller, Pool
 
 from . import store
 from .domain import presence_of
@@ -19,15 +17,6 @@ from .domain import presence_of
 __all__ = ["router"]
 
 router = APIRouter(prefix="/internal")
-Caller = Annotated[UserId, Header(alias="X-Switchboard-User")]
-
-
-def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.runtime.pool
-    return pool
-
-
-Pool = Annotated[asyncpg.Pool, Depends(_pool)]
 
 
 @router.get("/users/{user_id}/presence")

@@ -1,7 +1,7 @@
 """Wiring of the presence service: sessions in, online/offline out, the presence API."""
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +10,9 @@ import asyncpg
 import structlog
 from fastapi import FastAPI
 
+from switchboard_runtime.db import Conn
 from switchboard_runtime.http_errors import install_error_handlers
+from switchboard_runtime.outbox import OutboxWriter
 from switchboard_runtime.service import event_app, run_cli
 
 from .api import router
@@ -27,42 +29,52 @@ log = structlog.get_logger()
 GRACE_CHECKS = 5
 
 
-async def expiry_loop(pool: asyncpg.Pool, settings: Settings) -> None:
-    expiry = timedelta(seconds=settings.session_expiry_seconds)
-    # After a restart the heartbeats that arrived meanwhile are still queued; judging gateways
-    # before one expiry period has passed would take live ones for dead.
-    await asyncio.sleep(settings.session_expiry_seconds)
+async def every(
+    pool: asyncpg.Pool,
+    seconds: float,
+    job: Callable[[Conn], Awaitable[OutboxWriter]],
+    name: str,
+    *,
+    first_after: float = 0.0,
+) -> None:
+    """Run `job` in a transaction every `seconds`, publishing what it emits; a failed pass (a
+    database outage) only delays the work to the next one."""
+    await asyncio.sleep(first_after)
     while True:
-        await asyncio.sleep(settings.expiry_check_seconds)
+        await asyncio.sleep(seconds)
         try:
             async with pool.acquire() as conn, conn.transaction():
-                outbox = await expire_silent_gateways(conn, expiry)
+                outbox = await job(conn)
                 await outbox.flush(conn)
         except Exception:
-            # The next pass retries; a database outage only delays expiry.
-            log.exception("session expiry pass failed")
-
-
-async def grace_loop(pool: asyncpg.Pool, settings: Settings) -> None:
-    # Its own loop, not the expiry one: that one waits a whole expiry period after a start, which
-    # pending users, judged on presence's own table rather than on heartbeats, need not.
-    grace = timedelta(seconds=settings.presence_grace_seconds)
-    while True:
-        await asyncio.sleep(settings.presence_grace_seconds / GRACE_CHECKS)
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                outbox = await end_graces(conn, grace)
-                await outbox.flush(conn)
-        except Exception:
-            # The next pass retries; a database outage only delays the offline.
-            log.exception("grace period pass failed")
+            log.exception("periodic pass failed", job=name)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
+    expiry = timedelta(seconds=settings.session_expiry_seconds)
+    grace = timedelta(seconds=settings.presence_grace_seconds)
+
     def extra(pool: asyncpg.Pool) -> Mapping[str, Coroutine[Any, Any, None]]:
-        return {"session-expiry": expiry_loop(pool, settings), "grace-period": grace_loop(pool, settings)}
+        return {
+            # After a restart the heartbeats that arrived meanwhile are still queued; judging
+            # gateways before one expiry period has passed would take live ones for dead.
+            "session-expiry": every(
+                pool,
+                settings.expiry_check_seconds,
+                lambda conn: expire_silent_gateways(conn, expiry),
+                "session-expiry",
+                first_after=settings.session_expiry_seconds,
+            ),
+            # Pending users are judged on presence's own table, not on heartbeats: no first wait.
+            "grace-period": every(
+                pool,
+                settings.presence_grace_seconds / GRACE_CHECKS,
+                lambda conn: end_graces(conn, grace),
+                "grace-period",
+            ),
+        }
 
     app = event_app(SERVICE, settings, HANDLERS, title="Switchboard presence (internal)", extra=extra)
     app.include_router(router)

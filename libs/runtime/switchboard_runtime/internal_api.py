@@ -1,0 +1,23 @@
+"""What every service's internal HTTP API (the one only gateways call) takes from a request.
+
+The gateway authenticates the client and passes the verified user id in `X-Switchboard-User`;
+deploy these ports where only gateways reach them.
+"""
+
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Header, Request
+
+from switchboard_contracts.models import UserId
+
+__all__ = ["Caller", "Pool"]
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.runtime.pool
+    return pool
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Caller = Annotated[UserId, Header(alias="X-Switchboard-User")]

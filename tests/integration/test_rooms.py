@@ -16,6 +16,8 @@ async def test_typing_reaches_only_sessions_that_joined_and_expires(connect: Con
     assert (await eve.next("error"))["code"] == "not_a_member"
     await dave.send("typing", {"chat_id": chat, "is_typing": True})
     assert (await dave.next("error"))["code"] == "not_joined"
+    await dave.send("join_chat", {"chat_id": "00000000-0000-4000-8000-000000000000"})
+    assert (await dave.next("error"))["code"] == "chat_not_found"
 
     await alice.send("typing", {"chat_id": chat, "is_typing": True})
     typing = {"chat_id": chat, "user_id": a, "is_typing": True}
@@ -76,3 +78,18 @@ async def test_old_client_joining_the_room_gets_each_message_once(connect: Conne
     await alice.send_message(chat, "last")
     await bob.wait(lambda _: any(m["content"] == "last" for m in bob.messages()))
     assert [m["seq"] for m in bob.messages(chat)] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_leaving_the_room_ends_typing_at_once(connect: Connector) -> None:
+    a, b = unique("a"), unique("b")
+    chat = await connect.api(a).create_chat([b], kind="direct")
+    alice, bob = await connect(a, gateway=0), await connect(b, gateway=1)
+    for client in (alice, bob):
+        await client.send("join_chat", chat)
+        await client.next("chat_joined")
+    await alice.send("typing", {"chat_id": chat, "is_typing": True})
+    assert (await bob.next("user_typing"))["is_typing"] is True
+    await alice.send("leave_chat", chat)
+    assert await alice.next("chat_left") == {"chat_id": chat}
+    # Well before the 6 s expiry.
+    assert await bob.next("user_typing", timeout=3) == {"chat_id": chat, "user_id": a, "is_typing": False}

@@ -87,5 +87,29 @@ async def test_sync_refuses_bad_input_and_a_second_sync_at_once(connect: Connect
     assert (await device.next("error"))["code"] == "bad_request"
     await device.send("sync", {"chats": {}, "since": "yesterday"})
     assert (await device.next("error"))["code"] == "bad_request"
+    await device.send("sync", {"chats": {"00000000-0000-4000-8000-000000000000": 10**20}})
+    assert (await device.next("error"))["code"] == "bad_request"
     await device.send("sync", {})
     assert await device.next("sync_done") == {"chats": {}}
+
+
+async def test_sync_covers_a_left_chat_up_to_the_removal_and_never_a_stranger_chat(
+    connect: Connector,
+) -> None:
+    a, b = unique("a"), unique("b")
+    api = connect.api(a)
+    left, stranger = await api.create_chat([b]), await connect.api(unique("s")).create_chat([unique("t")])
+    alice = await connect(a)
+    for i in range(3):
+        await alice.send_message(left, f"m{i}")
+    await alice.wait(lambda _: len(alice.of("message_sent")) == 3)
+    await api.remove_member(left, b)
+    await alice.send_message(left, "after the removal")
+    await alice.next("message_sent")
+
+    device = await connect(b)
+    await device.send("sync", {"chats": {left: 1, stranger: 0}})
+    done = (await device.next("sync_done"))["chats"]
+    # unread counts from the read marker (never moved), not from what the device had.
+    assert done == {left: {"result": "replayed", "from_seq": 2, "to_seq": 3, "unread": 3}}
+    assert seqs(device, left) == [2, 3]

@@ -7,6 +7,7 @@ from uuid import UUID
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
+    "MAX_SEQ",
     "AddMember",
     "ChatSync",
     "HistoryMessage",
@@ -40,6 +41,9 @@ def check_user_id(value: str) -> str:
 
 
 UserId = Annotated[str, AfterValidator(check_user_id)]
+# seqs are PostgreSQL bigints: a larger number in a request is refused as `bad_request` rather
+# than failing in the database.
+MAX_SEQ = 2**63 - 1
 ChatType = Literal["direct", "group"]
 
 
@@ -112,7 +116,7 @@ class ErrorBody(BaseModel):
 class SyncRequest(BaseModel):
     """What the gateway asks messages for a device's `sync` (see `wire.Sync`)."""
 
-    chats: dict[UUID, int] = {}
+    chats: dict[UUID, Annotated[int, Field(ge=0, le=MAX_SEQ)]] = {}
     since: datetime | None = None
     # The device's own bound on messages per chat; the server's limit caps it.
     limit: int | None = Field(None, ge=1)

@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic_core import to_json
 
 from .errors import ErrorCode
-from .models import MessageOut
+from .models import MAX_SEQ, MessageOut
 
 __all__ = [
     "CLIENT_EVENTS",
@@ -133,7 +133,7 @@ class Typing(BaseModel):
 
 class MarkRead(BaseModel):
     chat_id: UUID
-    seq: Annotated[StrictInt, Field(ge=1)]
+    seq: Annotated[StrictInt, Field(ge=1, le=MAX_SEQ)]
 
 
 # One sync names at most this many chats: a device's whole chat list, bounded so that one frame
@@ -147,7 +147,9 @@ class Sync(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    chats: Annotated[dict[UUID, Annotated[StrictInt, Field(ge=0)]], Field(max_length=MAX_SYNC_CHATS)] = {}
+    chats: Annotated[
+        dict[UUID, Annotated[StrictInt, Field(ge=0, le=MAX_SEQ)]], Field(max_length=MAX_SYNC_CHATS)
+    ] = {}
     since: AwareDatetime | None = None
     # At most this many messages per chat (a phone on a metered link); the server's own
     # compaction limit applies when it is lower.

@@ -42,8 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The webhook queue is declared before delivery can emit a notification (and before
         # /readyz says ready): an event published while it does not exist is not kept for it.
-        await webhook.declare()
         try:
+            await webhook.declare()
             async with service_lifespan(app):
                 yield
         finally:

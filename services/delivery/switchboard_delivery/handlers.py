@@ -133,7 +133,7 @@ async def _route_live(
 ) -> list[str]:
     """Publish to each recipient's personal route; returns those no gateway holds (offline)."""
     headers = {
-        Headers.KIND: "live",
+        Headers.KIND: Kind.LIVE,
         Headers.MESSAGE_ID: str(message.id),
         Headers.CHAT: str(message.chat_id),
         Headers.SEQ: message.seq,
@@ -152,7 +152,7 @@ async def _route_live(
 
 
 async def _reply(bus: Bus, origin: Origin, frame: bytes) -> None:
-    headers = {Headers.SESSION: origin.session_id, Headers.KIND: "reply"}
+    headers = {Headers.SESSION: origin.session_id, Headers.KIND: Kind.REPLY}
     await bus.publish("route", Topology.gateway_key(origin.gateway_id), frame, headers=headers)
 
 
@@ -201,7 +201,7 @@ async def _flush_page(
     key = Topology.gateway_key(gateway_id)
     base: dict[str, object] = {
         Headers.SESSION: session_id,
-        Headers.KIND: "flush",
+        Headers.KIND: Kind.FLUSH,
         Headers.FLUSH: flush_id,
         Headers.AFTER: after_position,
     }
@@ -223,7 +223,7 @@ async def _flush_page(
                 for row in page.rows
             )
         )
-        done = {**base, Headers.KIND: "flush-done", Headers.COUNT: len(page.rows)}
+        done = {**base, Headers.KIND: Kind.FLUSH_DONE, Headers.COUNT: len(page.rows)}
         if page.more and page.rows:
             done[Headers.MORE] = page.rows[-1].position
         await ctx.bus.publish("route", key, b"", headers=done)

@@ -53,6 +53,11 @@ class Gateway:
         sessions = list(self.registry.sessions.values())
         log.info("broker connection restored; flushing sessions again", sessions=len(sessions))
         for session in sessions:
+            if session.syncing:
+                # Its live messages were unroutable meanwhile and the replay does not cover
+                # them: it reconnects and syncs again rather than miss them.
+                session.drop("resync_during_sync")
+                continue
             session.begin_catch_up()
             try:
                 await self.publish(self.session_opened(session))

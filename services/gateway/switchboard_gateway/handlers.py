@@ -117,13 +117,15 @@ async def on_join_chat(gateway: Gateway, session: Session, data: Any) -> None:
     if (ref := _parse(session, "join_chat", ChatRef, data)) is None:
         return
     chat_id = str(ref.chat_id)
-    if not gateway.rooms.joined(session, chat_id):
-        try:
-            await call(gateway.messages, "GET", f"/internal/chats/{chat_id}/membership", session.user_id)
-        except ApiError as exc:
-            session.push(error_frame(exc.code, f"join_chat: {exc.message}"))
-            return
-        await gateway.rooms.join(session, chat_id)
+    # Join, then check: a removal that lands while the check is in flight then finds the session
+    # in the room and evicts it, instead of the join slipping in after the eviction.
+    await gateway.rooms.join(session, chat_id)
+    try:
+        await call(gateway.messages, "GET", f"/internal/chats/{chat_id}/membership", session.user_id)
+    except ApiError as exc:
+        await gateway.rooms.leave(session, chat_id)
+        session.push(error_frame(exc.code, f"join_chat: {exc.message}"))
+        return
     session.push(encode_frame("chat_joined", {"chat_id": chat_id}))
 
 
@@ -160,7 +162,9 @@ async def on_sync(gateway: Gateway, session: Session, data: Any) -> None:
         session.push(error_frame(ErrorCode.BAD_REQUEST, "sync: a sync is already running"))
         return
     # In the background: the session keeps reading frames (acks, sends) while it replays.
-    session.start_sync(run_sync(gateway, session, request))
+    session.start_sync(
+        run_sync(gateway, session, request), {str(chat): seq for chat, seq in request.chats.items()}
+    )
 
 
 FRAME_HANDLERS: dict[str, FrameHandler] = {

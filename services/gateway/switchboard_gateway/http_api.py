@@ -13,7 +13,15 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from switchboard_contracts.errors import ErrorCode
-from switchboard_contracts.models import AddMember, ChatOut, CreateChat, ErrorBody, HistoryPage, PresenceOut
+from switchboard_contracts.models import (
+    MAX_SEQ,
+    AddMember,
+    ChatOut,
+    CreateChat,
+    ErrorBody,
+    HistoryPage,
+    PresenceOut,
+)
 from switchboard_runtime.http_errors import ApiError
 
 from .auth import AuthError
@@ -78,7 +86,7 @@ async def history(
     chat_id: UUID,
     user: Caller,
     request: Request,
-    before_seq: Annotated[int | None, Query(ge=1)] = None,
+    before_seq: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> HistoryPage:
     params: dict[str, int] = {"limit": limit}

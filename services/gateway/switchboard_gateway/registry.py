@@ -1,9 +1,8 @@
-"""Who is connected to this gateway, and which `user.<id>` routes its queue is bound to."""
+"""Who is connected to this gateway, and which routing keys its queue is bound to for them."""
 
 import asyncio
 import contextlib
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aio_pika.abc import AbstractQueue
 
@@ -12,7 +11,7 @@ from switchboard_contracts.topology import Topology
 from .routed import Routed
 from .sessions import Session
 
-__all__ = ["KeyedLocks", "Registry"]
+__all__ = ["BoundGroups", "KeyedLocks", "Registry"]
 
 
 class KeyedLocks:
@@ -38,32 +37,55 @@ class KeyedLocks:
                 del self._locks[key]
 
 
+class BoundGroups:
+    """Sessions grouped by a key (a user, a chat room); this gateway's queue is bound to the
+    key's routing key while its group has anyone, and unbound when the last one leaves."""
+
+    def __init__(self, queue: AbstractQueue, exchange: str, routing_key: Callable[[str], str]) -> None:
+        self.queue = queue
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.groups: dict[str, set[Session]] = {}
+        self._lock = KeyedLocks()
+
+    async def add(self, key: str, session: Session) -> None:
+        """Bound before the session counts as a member, so nothing routed meanwhile is missed."""
+        async with self._lock(key):
+            if not self.groups.get(key):
+                await self.queue.bind(self.exchange, self.routing_key(key))
+            self.groups.setdefault(key, set()).add(session)
+
+    async def discard(self, key: str, session: Session) -> bool:
+        """Take the session out of the group; True if it was in it."""
+        async with self._lock(key):
+            group = self.groups.get(key)
+            if group is None or session not in group:
+                return False
+            group.discard(session)
+            if not group:
+                del self.groups[key]
+                # A failed unbind leaves a binding that routes to nobody here: harmless.
+                with contextlib.suppress(Exception):
+                    await self.queue.unbind(self.exchange, self.routing_key(key))
+            return True
+
+    def members(self, key: str) -> set[Session]:
+        return self.groups.get(key, set())
+
+
 class Registry:
     def __init__(self, queue: AbstractQueue, topology: Topology) -> None:
-        self.queue = queue
-        self.topology = topology
         self.sessions: dict[str, Session] = {}
-        self.by_user: dict[str, set[Session]] = defaultdict(set)
-        self._user_lock = KeyedLocks()
+        self.by_user = BoundGroups(queue, topology.route_exchange, Topology.user_key)
 
     async def attach(self, session: Session) -> None:
         """Bind the user's route (first session here) before the session counts as connected."""
-        async with self._user_lock(session.user_id):
-            if not self.by_user.get(session.user_id):
-                await self.queue.bind(self.topology.route_exchange, Topology.user_key(session.user_id))
-            self.by_user[session.user_id].add(session)
-            self.sessions[session.id] = session
+        await self.by_user.add(session.user_id, session)
+        self.sessions[session.id] = session
 
     async def detach(self, session: Session) -> None:
-        async with self._user_lock(session.user_id):
-            if self.sessions.pop(session.id, None) is None:
-                return
-            users = self.by_user[session.user_id]
-            users.discard(session)
-            if not users:
-                del self.by_user[session.user_id]
-                with contextlib.suppress(Exception):
-                    await self.queue.unbind(self.topology.route_exchange, Topology.user_key(session.user_id))
+        if self.sessions.pop(session.id, None) is not None:
+            await self.by_user.discard(session.user_id, session)
 
     def to_session(self, session_id: str, routed: Routed) -> None:
         session = self.sessions.get(session_id)
@@ -71,6 +93,6 @@ class Registry:
             session.deliver(routed)
 
     def to_user(self, user_id: str, except_session: str | None, routed: Routed) -> None:
-        for session in self.by_user.get(user_id, ()):
+        for session in self.by_user.members(user_id):
             if session.id != except_session:
                 session.deliver(routed)

@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractQueue
 from switchboard_contracts.topology import Headers, Kind, Topology
 from switchboard_contracts.wire import encode_frame
 
-from .registry import KeyedLocks
+from .registry import BoundGroups
 from .routed import Routed
 from .sessions import Session
 
@@ -36,42 +36,29 @@ def typing_frame(chat_id: str, user_id: str, is_typing: bool) -> bytes:
 
 class Rooms:
     def __init__(self, queue: AbstractQueue, topology: Topology, publish: Publish, typing_ttl: float) -> None:
-        self.queue = queue
-        self.topology = topology
+        self.rooms = BoundGroups(queue, topology.route_exchange, Topology.room_key)
         self.publish = publish
         self.typing_ttl = typing_ttl
-        self.members: dict[str, set[Session]] = defaultdict(set)
         # Receiving side: (chat, typer) -> the timer that ends that typing state here.
         self._expiry: dict[tuple[str, str], asyncio.TimerHandle] = {}
         # Sending side: session id -> {chat: monotonic time of its last `is_typing: true`}.
         self._typing: dict[str, dict[str, float]] = defaultdict(dict)
-        self._lock = KeyedLocks()
 
     def joined(self, session: Session, chat_id: str) -> bool:
-        return session in self.members.get(chat_id, ())
+        return session in self.rooms.members(chat_id)
 
     async def join(self, session: Session, chat_id: str) -> None:
-        async with self._lock(chat_id):
-            if not self.members.get(chat_id):
-                await self.queue.bind(self.topology.route_exchange, Topology.room_key(chat_id))
-            self.members[chat_id].add(session)
+        await self.rooms.add(chat_id, session)
 
     async def leave(self, session: Session, chat_id: str) -> bool:
         """Take the session out of the room; True if it was in it."""
-        async with self._lock(chat_id):
-            room = self.members.get(chat_id)
-            if room is None or session not in room:
-                return False
-            room.discard(session)
-            if not room:
-                del self.members[chat_id]
-                with contextlib.suppress(Exception):
-                    await self.queue.unbind(self.topology.route_exchange, Topology.room_key(chat_id))
+        if not await self.rooms.discard(chat_id, session):
+            return False
         await self._stop_typing(session, chat_id)
         return True
 
     async def leave_all(self, session: Session) -> None:
-        for chat_id in [chat for chat, room in self.members.items() if session in room]:
+        for chat_id in [chat for chat, room in self.rooms.groups.items() if session in room]:
             await self.leave(session, chat_id)
         self._typing.pop(session.id, None)
 
@@ -120,7 +107,7 @@ class Rooms:
         self._push(chat_id, typer, typing_frame(chat_id, typer, False))
 
     def _push(self, chat_id: str, typer: str, frame: bytes) -> None:
-        for session in self.members.get(chat_id, ()):
+        for session in self.rooms.members(chat_id):
             if session.user_id != typer:
                 session.push(frame)
 

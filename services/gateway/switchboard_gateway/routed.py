@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from switchboard_contracts.topology import Headers
+from switchboard_contracts.topology import Headers, Kind
 
 __all__ = ["Routed", "header_text"]
 
@@ -47,7 +47,7 @@ class Routed:
     def from_message(cls, message: AbstractIncomingMessage) -> "Routed":
         headers = dict(message.headers)
         return cls(
-            kind=header_text(headers, Headers.KIND) or "live",
+            kind=header_text(headers, Headers.KIND) or Kind.LIVE,
             frame=message.body,
             session_id=header_text(headers, Headers.SESSION),
             user_id=header_text(headers, Headers.USER),

@@ -27,6 +27,6 @@ class RouteConsumer:
         elif routed.user_id is not None:
             self.registry.to_user(routed.user_id, routed.except_session, routed)
             if routed.left_chat is not None:
-                sessions = set(self.registry.by_user.get(routed.user_id, ()))
+                sessions = set(self.registry.by_user.members(routed.user_id))
                 await self.rooms.evict(routed.user_id, routed.left_chat, sessions)
         await message.ack()

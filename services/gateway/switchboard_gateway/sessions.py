@@ -22,6 +22,7 @@ import structlog
 from aiolimiter import AsyncLimiter
 
 from switchboard_contracts.errors import ErrorCode
+from switchboard_contracts.topology import Kind
 from switchboard_contracts.wire import encode_frame
 
 from .routed import Routed
@@ -70,7 +71,10 @@ class Session:
     syncing: bool = False
     closed: bool = False
     _buffer: asyncio.Queue[bytes | None] = field(init=False)
+    # Bytes waiting for the socket, and bytes of held live messages: bounded together, but only
+    # the first drains while a catch-up is under way, so only it decides when there is room.
     _bytes: int = 0
+    _held_bytes: int = 0
     _held: list[Routed] = field(default_factory=list)
     _sent_ids: dict[str, None] = field(default_factory=dict)
     _flushed_seq: dict[str, int] = field(default_factory=dict)
@@ -113,7 +117,7 @@ class Session:
         """Queue a frame for the socket; a client that lets the buffer fill is dropped."""
         if self.closed:
             return
-        if self._bytes + len(frame) > self.buffer_bytes_limit or self._buffer.full():
+        if self._bytes + self._held_bytes + len(frame) > self.buffer_bytes_limit or self._buffer.full():
             self.drop(ErrorCode.SLOW_CONSUMER.value)
             return
         self._buffer.put_nowait(frame)
@@ -129,13 +133,17 @@ class Session:
         self._spawn(self.close(CLOSE_TRY_AGAIN, reason))
 
     def deliver(self, routed: Routed) -> None:
-        if routed.kind == "live" and self.catching_up:
+        if routed.kind == Kind.LIVE and self.catching_up:
             self._hold(routed)
-        elif routed.kind in ("flush", "flush-done"):
+        elif routed.kind in (Kind.FLUSH, Kind.FLUSH_DONE):
             if self._current_page(routed):
                 self._take_flush(routed)
-        else:
+        elif not (routed.kind == Kind.LIVE and self._caught_up_past(routed)):
             self._push_message(routed.message_id, routed.frame)
+
+    def _caught_up_past(self, routed: Routed) -> bool:
+        """A message at or below what a catch-up already sent for its chat."""
+        return routed.seq is not None and routed.seq <= self._flushed_seq.get(routed.chat_id or "", 0)
 
     def _push_message(self, message_id: str | None, frame: bytes) -> None:
         if message_id is not None:
@@ -155,7 +163,7 @@ class Session:
         )
 
     def _take_flush(self, routed: Routed) -> None:
-        if routed.kind == "flush":
+        if routed.kind == Kind.FLUSH:
             # The same page published twice (a redelivered request) is sent once.
             self._push_message(routed.message_id, routed.frame)
             self._note_sent(routed.chat_id, routed.seq)
@@ -170,11 +178,12 @@ class Session:
             self.end_catch_up()
 
     def _hold(self, routed: Routed) -> None:
-        if len(self._held) >= self.buffer_limit or self._bytes + len(routed.frame) > self.buffer_bytes_limit:
+        held_too_much = self._bytes + self._held_bytes + len(routed.frame) > self.buffer_bytes_limit
+        if len(self._held) >= self.buffer_limit or held_too_much:
             self.drop(ErrorCode.SLOW_CONSUMER.value)
             return
         self._held.append(routed)
-        self._bytes += len(routed.frame)
+        self._held_bytes += len(routed.frame)
 
     def _maybe_request_page(self) -> None:
         after = self._next_page_after
@@ -198,12 +207,12 @@ class Session:
             self.flush_timeout, self.drop, CATCH_UP_TIMEOUT
         )
 
-    def start_sync(self, replay: Coroutine[Any, Any, None]) -> None:
+    def start_sync(self, replay: Coroutine[Any, Any, None], seen: dict[str, int]) -> None:
         """Begin a sync whose replay runs as a task of this session (it ends with the session)."""
-        self.begin_sync()
+        self.begin_sync(seen)
         self._sync_task = asyncio.create_task(replay, name=f"sync-{self.id}")
 
-    def begin_sync(self) -> None:
+    def begin_sync(self, seen: dict[str, int] | None = None) -> None:
         """A device replays what it missed itself: hold live messages, drop the queue flush.
 
         A new flush id makes every page of a queue flush under way stale. There is no time
@@ -217,6 +226,9 @@ class Session:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        # What the device says it has is not sent again, by the sync or by a late live message.
+        for chat_id, seq in (seen or {}).items():
+            self._note_sent(chat_id, seq)
 
     def push_synced(self, message_id: str, chat_id: str, seq: int, frame: bytes) -> None:
         self._push_message(message_id, frame)
@@ -236,13 +248,14 @@ class Session:
             self._flush_timer = None
         self.catching_up = False
         held, self._held = self._held, []
+        self._held_bytes = 0
         for routed in held:
-            self._bytes -= len(routed.frame)
-            flushed_up_to = self._flushed_seq.get(routed.chat_id or "", 0)
-            if routed.seq is not None and routed.seq <= flushed_up_to:
+            if self._caught_up_past(routed):
                 continue  # older than what the catch-up sent: already sent, or acknowledged meanwhile
             self._push_message(routed.message_id, routed.frame)  # skipped if the catch-up sent it
-        self._flushed_seq = {}
+        # The per-chat floors stay: live messages of a chat arrive in seq order, so one at or
+        # below what the catch-up sent, arriving after it, is a late copy (or one acknowledged
+        # by another device meanwhile) and is dropped too.
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -53,7 +53,7 @@ async def _replay(gateway: Gateway, session: Session, chat: ChatSync) -> None:
             "GET",
             f"/internal/chats/{chat.chat_id}/messages",
             session.user_id,
-            params={"after_seq": after, "limit": min(PAGE, chat.to_seq - after)},
+            params={"after_seq": after, "limit": min(PAGE, chat.to_seq - after), "receipts": "false"},
         )
         page = HistoryPage.model_validate_json(response.content).messages
         if not page:
@@ -63,8 +63,10 @@ async def _replay(gateway: Gateway, session: Session, chat: ChatSync) -> None:
                 break
             out = MessageOut.model_validate(message.model_dump(include=set(MessageOut.model_fields)))
             session.push_synced(str(out.id), str(out.chat_id), out.seq, new_message_frame(out))
+            # Wait for the socket whenever the buffer is past its watermark, inside a page too:
+            # 200 messages at the content limit are far more than the buffer holds.
+            await session.room()
         after = page[-1].seq
-        await session.room()
 
 
 def _outcome(chat: ChatSync) -> dict[str, object]:

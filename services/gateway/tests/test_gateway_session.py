@@ -207,3 +207,16 @@ async def test_room_waits_until_the_socket_took_the_buffer() -> None:
     # Nothing was written before the socket unblocked, so this proves room() waited for it.
     assert await asyncio.wait_for(waiting, 5) >= 300 - 100
     await session.stop()
+
+
+async def test_held_live_messages_do_not_block_room_for_a_catch_up() -> None:
+    sink = Sink()
+    session = session_for(sink, buffer_limit=100, buffer_bytes_limit=64 * 1024)
+    # A quarter of the byte bound and more is held behind the catch-up: it cannot drain before
+    # the catch-up ends, so it must not count as "no room" for the catch-up's own pages.
+    for i in range(20):
+        session.deliver(Routed("live", b"x" * 1024, f"h{i}", "c1", 100 + i))
+    session.push(b"frame")
+    await asyncio.wait_for(session.room(), 5)
+    assert not session.closed
+    await session.stop()

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 from switchboard_contracts.errors import ErrorCode
 from switchboard_contracts.events import ChatCreated, ChatMemberAdded, ChatMemberRemoved, Event
 from switchboard_contracts.models import (
+    MAX_SEQ,
     AddMember,
     ChatOut,
     CreateChat,
@@ -109,38 +110,44 @@ async def chat_history(
     chat_id: UUID,
     caller: Caller,
     pool: Pool,
-    before_seq: Annotated[int | None, Query(ge=1)] = None,
+    before_seq: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None,
     # Forward paging, used by the gateway to replay a device's sync in seq order.
-    after_seq: Annotated[int | None, Query(ge=0)] = None,
-    # 200 per page keeps one response under a few MB even at the maximum content length.
+    after_seq: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+    # The page size clients may ask for (1 to 200); at the content limit a page is still only
+    # tens of MB, and the gateway's sync writes it to the socket message by message.
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    # The sync replay does not show receipts; skipping them saves a join over the chat's members.
+    receipts: bool = True,
 ) -> HistoryPage:
     """What the caller may read: the messages of the time they were a member (a removed member
     keeps the history up to the removal), with each recipient's receipt on the caller's own."""
     async with pool.acquire() as conn:
         if not await store.ever_member(conn, chat_id, caller):
             await _require_member(conn, chat_id, caller)  # answers chat_not_found or not_a_member
+        # One row more than asked says whether an older page exists (for this reader).
         rows = await store.history(
-            conn, chat_id, caller, before_seq=before_seq, after_seq=after_seq, limit=limit
+            conn, chat_id, caller, before_seq=before_seq, after_seq=after_seq, limit=limit + 1
         )
-        receipts = await store.receipts_of(conn, [row["id"] for row in rows if row["sender_id"] == caller])
-    page = [_history_message(row, caller, receipts) for row in rows]
-    more = bool(page) and after_seq is None and page[0].seq > 1
+        more = len(rows) > limit and after_seq is None
+        rows = rows[:limit] if after_seq is not None else rows[-limit:]
+        own = [row["id"] for row in rows if row["sender_id"] == caller] if receipts else []
+        statuses = await store.receipts_of(conn, own) if own else {}
+    page = [_history_message(row, caller, statuses, receipts=receipts) for row in rows]
     return HistoryPage(messages=page, next_before_seq=page[0].seq if more else None)
 
 
 def _history_message(
-    row: asyncpg.Record, caller: str, receipts: dict[UUID, list[tuple[str, str]]]
+    row: asyncpg.Record, caller: str, statuses: dict[UUID, list[tuple[str, str]]], *, receipts: bool
 ) -> HistoryMessage:
     fields = {key: row[key] for key in MessageOut.model_fields}
-    if row["sender_id"] != caller:
+    if row["sender_id"] != caller or not receipts:
         return HistoryMessage(**fields)
     return HistoryMessage(
         **fields,
         delivered_count=row["delivered_count"],
         read_count=row["read_count"],
         total=row["recipients"],
-        receipts=[Receipt(user_id=user, status=status) for user, status in receipts.get(row["id"], [])],
+        receipts=[Receipt(user_id=user, status=status) for user, status in statuses.get(row["id"], [])],
     )
 
 

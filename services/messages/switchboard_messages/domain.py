@@ -170,6 +170,8 @@ class StatusChange:
     delivered_count: int
     read_count: int
     total: int
+    # A sender who has left the chat is told nothing more about it (not how far it has moved on).
+    sender_is_member: bool = True
 
 
 def status_updates(
@@ -181,6 +183,7 @@ def status_updates(
     the call read (and `up_to_seq`), with that message's totals: a client marks every one of its
     messages up to it read, and a sender never gets hundreds of frames for one `mark_read`.
     """
+    changes = [change for change in changes if change.sender_is_member]
     if status == "read":
         newest: dict[str, StatusChange] = {}
         for change in changes:

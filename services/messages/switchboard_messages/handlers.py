@@ -146,11 +146,7 @@ async def on_chat_read_marked(event: ChatReadMarked, ctx: HandlerContext) -> Non
     if marker is None:
         exists = await store.chat_exists(conn, chat_id)
         code = ErrorCode.NOT_A_MEMBER if exists else ErrorCode.CHAT_NOT_FOUND
-        reason = (
-            f"mark_read: you are not a member of chat {chat_id}"
-            if exists
-            else f"mark_read: no chat {chat_id}"
-        )
+        reason = f"you are not a member of chat {chat_id}" if exists else f"no chat {chat_id}"
         _reply(ctx, event.origin, error_frame(code, f"mark_read: {reason}"))
         return
     # Reading past the end reads up to the end; never before the user joined.

@@ -12,7 +12,7 @@ from uuid import UUID
 from switchboard_runtime.db import Conn
 
 from .domain import StatusChange
-from .store import VISIBLE_TO
+from .store import visible_to
 
 __all__ = [
     "Marker",
@@ -34,6 +34,12 @@ class Marker(NamedTuple):
     joined_seq: int
 
 
+# Whether the sender of `m` is still in its chat: one who left hears nothing more of it.
+_SENDER_IS_MEMBER = (
+    "EXISTS (SELECT 1 FROM chat_members cm WHERE cm.chat_id = m.chat_id AND cm.user_id = m.sender_id)"
+)
+
+
 async def mark_delivered(conn: Conn, user_id: str, message_ids: Sequence[UUID]) -> list[StatusChange]:
     """First receipts for these messages from `user_id`; returns only the ones that changed.
 
@@ -41,15 +47,16 @@ async def mark_delivered(conn: Conn, user_id: str, message_ids: Sequence[UUID]) 
     joined, unknown) change nothing: an acknowledgement is not a way to learn about messages.
     """
     rows = await conn.fetch(
-        "WITH acked AS ("  # noqa: S608 - VISIBLE_TO is a constant
+        "WITH acked AS ("  # noqa: S608 - visible_to() is built from constants
         "  SELECT m.id FROM messages m WHERE m.id = ANY($1::uuid[]) AND m.sender_id <> $2"
-        f"  AND {VISIBLE_TO}),"
+        f"  AND {visible_to('$2')}),"
         " added AS ("
         "  INSERT INTO receipts (message_id, user_id, status) SELECT id, $2, 'delivered' FROM acked"
         "  ON CONFLICT DO NOTHING RETURNING message_id)"
         " UPDATE messages m SET delivered_count = m.delivered_count + 1 FROM added"
         " WHERE m.id = added.message_id"
-        " RETURNING m.id, m.chat_id, m.seq, m.sender_id, m.delivered_count, m.read_count, m.recipients",
+        " RETURNING m.id, m.chat_id, m.seq, m.sender_id, m.delivered_count, m.read_count, m.recipients,"
+        f" {_SENDER_IS_MEMBER}",
         list(message_ids),
         user_id,
     )
@@ -105,7 +112,7 @@ async def mark_read(
     A message never acknowledged is counted delivered too (reading it implies it arrived).
     """
     rows = await conn.fetch(
-        "WITH target AS ("
+        "WITH target AS ("  # noqa: S608 - _SENDER_IS_MEMBER is a constant
         "  SELECT id FROM messages WHERE chat_id = $1 AND seq > $3 AND seq <= $4 AND sender_id <> $2),"
         " moved AS ("
         "  INSERT INTO receipts (message_id, user_id, status) SELECT id, $2, 'read' FROM target"
@@ -116,7 +123,8 @@ async def mark_read(
         " UPDATE messages m SET read_count = m.read_count + 1,"
         "  delivered_count = m.delivered_count + CASE WHEN moved.fresh THEN 1 ELSE 0 END"
         " FROM moved WHERE m.id = moved.message_id"
-        " RETURNING m.id, m.chat_id, m.seq, m.sender_id, m.delivered_count, m.read_count, m.recipients",
+        " RETURNING m.id, m.chat_id, m.seq, m.sender_id, m.delivered_count, m.read_count, m.recipients,"
+        f" {_SENDER_IS_MEMBER}",
         chat_id,
         user_id,
         after_seq,

@@ -20,7 +20,7 @@ __all__ = [
     "messages_in_chats",
     "save_chat_states",
     "stored_by_temp_id",
-    "VISIBLE_TO",
+    "visible_to",
     "append_event",
     "ever_member",
     "last_seq",
@@ -120,26 +120,35 @@ async def insert_member(conn: Conn, chat_id: UUID, user_id: str, joined_seq: int
 
 
 async def remove_member(conn: Conn, chat_id: UUID, user_id: str, left_seq: int) -> bool:
-    """End a membership, keeping its period so the history up to `left_seq` stays readable."""
-    status: str = await conn.execute(
-        "WITH gone AS (DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2 RETURNING joined_seq)"
-        " INSERT INTO past_members (chat_id, user_id, joined_seq, left_seq)"
-        " SELECT $1, $2, joined_seq, $3 FROM gone ON CONFLICT DO NOTHING",
+    """End a membership, keeping its period so the history up to `left_seq` stays readable.
+
+    False if the user was not a member. (A period ending where it began, added and removed with
+    no message between, is kept once.)
+    """
+    removed: int = await conn.fetchval(
+        "WITH gone AS (DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2 RETURNING joined_seq),"
+        " kept AS (INSERT INTO past_members (chat_id, user_id, joined_seq, left_seq)"
+        "  SELECT $1, $2, joined_seq, $3 FROM gone"
+        "  ON CONFLICT (chat_id, user_id, joined_seq) DO UPDATE SET left_seq = EXCLUDED.left_seq)"
+        " SELECT count(*) FROM gone",
         chat_id,
         user_id,
         left_seq,
     )
-    return status.endswith(" 1")
+    return removed == 1
 
 
-# Whether user $2 may see message `m`: a member since before it, or a past member whose
-# membership covered it. Spliced into queries as a constant (S608 is safe).
-VISIBLE_TO = (
-    "(EXISTS (SELECT 1 FROM chat_members cm WHERE cm.chat_id = m.chat_id AND cm.user_id = $2"
-    "  AND m.seq > cm.joined_seq)"
-    " OR EXISTS (SELECT 1 FROM past_members pm WHERE pm.chat_id = m.chat_id AND pm.user_id = $2"
-    "  AND m.seq > pm.joined_seq AND m.seq <= pm.left_seq))"
-)
+def visible_to(user_param: str) -> str:
+    """SQL: whether the user in parameter `user_param` (e.g. "$2") may see message `m`: a member
+    since before it, or a past member whose membership covered it. Built from constants only,
+    so the queries that splice it in are safe (S608)."""
+    user = user_param
+    return (
+        "(EXISTS (SELECT 1 FROM chat_members cm WHERE cm.chat_id = m.chat_id"  # noqa: S608 - constants
+        f"  AND cm.user_id = {user} AND m.seq > cm.joined_seq)"
+        " OR EXISTS (SELECT 1 FROM past_members pm WHERE pm.chat_id = m.chat_id"
+        f"  AND pm.user_id = {user} AND m.seq > pm.joined_seq AND m.seq <= pm.left_seq))"
+    )
 
 
 async def ever_member(conn: Conn, chat_id: UUID, user_id: str) -> bool:
@@ -184,7 +193,7 @@ async def history(
     if after_seq is not None:
         return await conn.fetch(
             f"SELECT {columns} FROM messages m WHERE m.chat_id = $1 AND m.seq > $3"  # noqa: S608
-            f" AND {VISIBLE_TO} ORDER BY m.seq LIMIT $4",
+            f" AND {visible_to('$2')} ORDER BY m.seq LIMIT $4",
             chat_id,
             reader,
             after_seq,
@@ -192,7 +201,7 @@ async def history(
         )
     rows = await conn.fetch(
         f"SELECT {columns} FROM messages m WHERE m.chat_id = $1 AND m.seq < $3"  # noqa: S608
-        f" AND {VISIBLE_TO} ORDER BY m.seq DESC LIMIT $4",
+        f" AND {visible_to('$2')} ORDER BY m.seq DESC LIMIT $4",
         chat_id,
         reader,
         before_seq if before_seq is not None else 2**62,

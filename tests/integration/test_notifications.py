@@ -2,13 +2,19 @@
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import aio_pika
 import pytest
+import uvicorn
 from aio_pika.abc import AbstractIncomingMessage
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from switchboard_contracts.events import (
     Envelope,
@@ -55,31 +61,27 @@ class Recorder(Generic[T]):
 
 
 class Receiver(Recorder[Call]):
-    """The webhook's receiver: a real HTTP/1.1 server on 127.0.0.1 that answers 204 to anything."""
+    """The webhook's receiver: a real HTTP server (uvicorn) on 127.0.0.1 that answers 204."""
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while request_line := await reader.readline():  # keep-alive: one request after another
-                headers = {}
-                while (line := await reader.readline()).strip():
-                    name, _, value = line.decode().partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                method, path, _ = request_line.decode().split(" ", 2)
-                await self.add(Call(method, path, headers, body))
-                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def _hook(self, request: Request) -> Response:
+        await self.add(Call(request.method, request.url.path, dict(request.headers), await request.body()))
+        return Response(status_code=204)
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            yield f"http://127.0.0.1:{port}/hooks/switchboard"
+        app = Starlette(routes=[Route("/hooks/switchboard", self._hook, methods=["POST"])])
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+        # Listening before uvicorn starts: a POST that comes early waits in the backlog.
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}/hooks/switchboard"
+        finally:
+            server.should_exit = True
+            await serving
+            sock.close()
 
     def keyed(self, event_id: object) -> list[Call]:
         return [call for call in self.items if keyed(event_id)(call)]

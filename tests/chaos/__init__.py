@@ -1,0 +1,1 @@
+"""The chaos suite: faults injected into a running system under load, and an oracle."""

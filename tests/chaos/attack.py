@@ -1,0 +1,235 @@
+"""The resource-attack run: hostile connections against one gateway while legitimate users chat.
+
+    .venv/bin/python -m tests.chaos.attack --seconds 60 --hostile 100
+
+Two phases of the same legitimate load (pairs of users in direct chats, open loop): without the
+attack, then with `--hostile` connections in a separate process doing what attackers do —
+fragment floods, slowloris handshakes, frame floods, sockets that never authenticate, oversized
+frames and compression offers. It prints the gateway's RSS before, at the attack's peak and
+after, and the legitimate users' send-to-receive p50/p99 in both phases, and exits 1 when RSS
+after the attack is more than 50 MB above before, the attack p99 is more than twice the
+baseline p99, or a legitimate message was lost. Loopback only; bounded by --seconds.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import websockets
+
+from tests.integration.client import Api, Client, token, unique
+from tests.integration.system import System, running_system
+
+# The issue's bounds.
+RSS_SLACK_MB = 50.0
+P99_RATIO = 2.0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def legit_phase(
+    system: System, pairs: list[tuple[Client, Client, str]], rate: float, seconds: float
+) -> tuple[list[float], int]:
+    """Open-loop sends across the pairs; returns latencies (s) and how many never arrived."""
+    due: dict[str, float] = {}
+    total = int(rate * seconds)
+    start = time.perf_counter() + 0.2
+    for n in range(total):
+        at = start + n / rate
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the load's clock
+        sender, _, chat = pairs[n % len(pairs)]
+        content = f"legit {uuid.uuid4().hex}"
+        due[content] = at
+        await sender.send_message(chat, content)
+    arrived: dict[str, float] = {}
+
+    def collect() -> bool:
+        for _, receiver, _ in pairs:
+            for index, message in enumerate(receiver.messages()):
+                if message["content"] in due and message["content"] not in arrived:
+                    arrived[message["content"]] = receiver.arrivals[index]
+        return len(arrived) == len(due)
+
+    for _, receiver, _ in pairs:
+        with contextlib.suppress(TimeoutError, AssertionError):
+            await receiver.wait(lambda _: collect(), timeout=30)
+    collect()
+    return [arrived[c] - due[c] for c in arrived], len(due) - len(arrived)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def run(seconds: float, hostile: int, rate: float) -> bool:
+    amqp = os.environ.get("CHAT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    database = os.environ.get(
+        "CHAT_DATABASE_URL", "postgresql://switchboard:switchboard@127.0.0.1:5432/switchboard"
+    )
+    async with running_system(amqp, database, gateways=1) as system:
+        gateway = system.processes["gateway-0"]
+        assert gateway.popen is not None  # noqa: S101 - started by running_system
+        pid = gateway.popen.pid
+        pairs = []
+        for _ in range(10):
+            a, b = unique("legit-a"), unique("legit-b")
+            api = Api(system, a)
+            chat = await api.create_chat([b], kind="direct")
+            await api.aclose()
+            sender, receiver = (
+                await Client.connect(system.ws_url(), a),
+                await Client.connect(system.ws_url(), b),
+            )
+            await receiver.next("queue_flushed")
+            pairs.append((sender, receiver, chat))
+        await legit_phase(system, pairs, rate, 3)  # warm-up: imports, pools, JIT-less caches
+        before = rss_mb(pid)
+        baseline, baseline_lost = await legit_phase(system, pairs, rate, seconds)
+
+        attacker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.chaos.attack",
+            "--hostile-only",
+            system.ws_url(),
+            str(hostile),
+            str(seconds),
+        )
+        peak = before
+        sampling = True
+
+        async def sample() -> None:
+            nonlocal peak
+            while sampling:
+                peak = max(peak, rss_mb(pid))
+                await asyncio.sleep(0.5)  # sampling clock
+
+        sampler = asyncio.create_task(sample())
+        attacked, attacked_lost = await legit_phase(system, pairs, rate, seconds)
+        await attacker.wait()
+        sampling = False
+        await sampler
+        # The gateway lets go of the attackers' sessions; allow it the auth timeout to do so.
+        after = rss_mb(pid)
+        alive = gateway.popen.poll() is None
+        for sender, receiver, _ in pairs:
+            await sender.close()
+            await receiver.close()
+
+    b99, a99 = percentile(baseline, 0.99), percentile(attacked, 0.99)
+    print(
+        f"gateway RSS: before {before:.1f} MB, attack peak {peak:.1f} MB, after {after:.1f} MB"
+        f" (after - before {after - before:+.1f} MB, bound {RSS_SLACK_MB:.0f} MB)\n"
+        f"legit send->receive: baseline p50 {percentile(baseline, 0.5) * 1000:.0f} ms"
+        f" p99 {b99 * 1000:.0f} ms;"
+        f" under attack p50 {percentile(attacked, 0.5) * 1000:.0f} ms p99 {a99 * 1000:.0f} ms"
+        f" (ratio {a99 / b99:.2f}, bound {P99_RATIO:.1f}); lost {baseline_lost + attacked_lost};"
+        f" gateway alive {alive}; {hostile} hostile connections for {seconds:.0f} s"
+    )
+    return (
+        alive
+        and after - before <= RSS_SLACK_MB
+        and a99 <= P99_RATIO * b99
+        and not (baseline_lost + attacked_lost)
+    )
+
+
+# -- the attacker (a process of its own, so its CPU is not the measuring loop's) ----------------
+
+
+async def fragment_flood(url: str, stop: float) -> None:
+    """Authenticated, sends every frame in 1-byte fragments (continuation frames)."""
+    user = unique("frag")
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token(user)}"}) as ws:
+        frame = json.dumps({"event": "typing", "data": {"chat_id": str(uuid.uuid4()), "is_typing": True}})
+        while time.monotonic() < stop:
+            await ws.send(iter(frame[i : i + 1] for i in range(len(frame))))
+
+
+async def frame_flood(url: str, stop: float) -> None:
+    """Authenticated, sends junk and costly-looking frames as fast as it can."""
+    user = unique("flood")
+    frames = [
+        "not json",
+        json.dumps({"event": "nope", "data": {}}),
+        json.dumps(
+            {"event": "message_received", "data": {"message_ids": [str(uuid.uuid4()) for _ in range(1000)]}}
+        ),
+        json.dumps({"event": "sync", "data": {"chats": {str(uuid.uuid4()): 0 for _ in range(100)}}}),
+        json.dumps(
+            {"event": "send_message", "data": {"chat_id": str(uuid.uuid4()), "content": "x", "tempId": 1}}
+        ),
+    ]
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token(user)}"}) as ws:
+        while time.monotonic() < stop:
+            await ws.send(random.choice(frames))
+
+
+async def slowloris(url: str, stop: float) -> None:
+    """Opens TCP and dribbles an HTTP upgrade request, a byte a second, never finishing it."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    request = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for byte in request * 1000:
+            if time.monotonic() >= stop or reader.at_eof():
+                return
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(1.0)  # the attack's pace
+    finally:
+        writer.close()
+
+
+async def never_authenticates(url: str, stop: float) -> None:
+    """Opens a WebSocket, offers compression, sends an oversized frame, then sits idle."""
+    async with websockets.connect(url, compression="deflate", max_size=None) as ws:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send("x" * (3 * 1024 * 1024))
+            await asyncio.wait_for(ws.wait_closed(), max(0.1, stop - time.monotonic()))
+
+
+async def hostile_loop(kind: object, url: str, stop: float) -> None:
+    while time.monotonic() < stop:
+        with contextlib.suppress(OSError, websockets.WebSocketException, TimeoutError, ConnectionError):
+            await kind(url, stop)  # type: ignore[operator]
+        await asyncio.sleep(0.05)  # reconnect pace: hostile, but bounded
+
+
+async def attack(url: str, hostile: int, seconds: float) -> None:
+    stop = time.monotonic() + seconds
+    kinds = [fragment_flood, frame_flood, slowloris, never_authenticates]
+    await asyncio.gather(*(hostile_loop(kinds[i % len(kinds)], url, stop) for i in range(hostile)))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--hostile-only":
+        url, hostile, seconds = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+        asyncio.run(attack(url, hostile, seconds))
+        return
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos.attack", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60.0, help="each phase; at most 600")
+    parser.add_argument("--hostile", type=int, default=100, choices=range(1, 1001), metavar="1..1000")
+    parser.add_argument("--rate", type=float, default=20.0, help="legitimate messages per second")
+    args = parser.parse_args()
+    ok = asyncio.run(run(min(args.seconds, 600.0), args.hostile, args.rate))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

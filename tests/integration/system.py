@@ -121,6 +121,13 @@ class System:
             CHAT_FLUSH_PAGE_MESSAGES="40",
             # A low sync compaction limit, so a test can miss more than it with 120 messages.
             CHAT_SYNC_COMPACTION_LIMIT="100",
+            # The delivery, sync and crash tests send hundreds of messages as fast as they can;
+            # test_limits.py checks the send limit with small values of its own.
+            CHAT_MESSAGE_BURST="1000000",
+            CHAT_MESSAGES_PER_SECOND="1000000",
+            # Likewise the read pace of one connection (the attack run measures it at its default).
+            CHAT_FRAMES_PER_SECOND="1000000",
+            CHAT_FRAME_BURST="1000000",
         )
         env.update(self.settings)
         env.update(extra)

@@ -6,7 +6,14 @@ part of protocol v1: a code is never renamed or reused for another meaning.
 
 from enum import StrEnum
 
-__all__ = ["DESCRIPTIONS", "HTTP_STATUS", "WS_CLOSE_FRAME_TOO_LARGE", "WS_CLOSE_INVALID_TOKEN", "ErrorCode"]
+__all__ = [
+    "DESCRIPTIONS",
+    "HTTP_STATUS",
+    "WS_CLOSE_FRAME_TOO_LARGE",
+    "WS_CLOSE_INVALID_TOKEN",
+    "WS_CLOSE_TOO_MANY",
+    "ErrorCode",
+]
 
 
 class ErrorCode(StrEnum):
@@ -21,13 +28,19 @@ class ErrorCode(StrEnum):
     NOT_JOINED = "not_joined"
     RATE_LIMITED = "rate_limited"
     NOT_A_CONTACT = "not_a_contact"
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    REQUEST_TIMEOUT = "request_timeout"
     INTERNAL = "internal"
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.INVALID_TOKEN: (
-        "The JWT is missing, malformed, unsigned, signed with another key or algorithm, expired, or "
-        "lacks `sub`/`exp`; a bare user id in `user_authenticated` is refused the same way. "
+        "The JWT is missing, malformed, unsigned, signed with another key or algorithm, expired, not "
+        "yet valid (`nbf` or `iat` in the future), for another audience or issuer when those are "
+        "configured, older than the configured maximum age, or lacks `sub`/`exp` (and `iat` when a "
+        "maximum age is configured); a bare user id in `user_authenticated` is refused the same way. "
         "On the WebSocket the socket is then closed with 4401."
     ),
     ErrorCode.NOT_AUTHENTICATED: "An event other than `user_authenticated` arrived before authentication.",
@@ -42,9 +55,19 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.SLOW_CONSUMER: "The client did not read fast enough and its send buffer filled; the socket "
     "is closed with 1013 and the client catches up from its queue when it reconnects.",
     ErrorCode.NOT_JOINED: "`typing` for a chat this session has not joined with `join_chat`.",
-    ErrorCode.RATE_LIMITED: "Too many frames of this kind from one session (e.g. `typing`); the frame "
-    "was dropped, the connection stays open.",
+    ErrorCode.RATE_LIMITED: "Too many frames of this kind: `typing` from one session, or `send_message` "
+    "from one user on one gateway (all of the user's sessions there share the allowance); the frame "
+    "was dropped and nothing was stored, the connection stays open.",
     ErrorCode.NOT_A_CONTACT: "The caller shares no chat with that user, so may not see their presence.",
+    ErrorCode.TOO_MANY_SESSIONS: "The user already holds the most sessions allowed on this gateway; the "
+    "new connection is closed with 4429, the existing ones are unaffected.",
+    ErrorCode.TOO_MANY_CONNECTIONS: "The client address already holds the most WebSockets allowed on this "
+    "gateway; the new connection is closed with 4429, the existing ones are unaffected.",
+    ErrorCode.ORIGIN_NOT_ALLOWED: "A browser's WebSocket handshake came from an origin not in the "
+    "configured allow-list; it is refused with HTTP 403 before any WebSocket is opened.",
+    ErrorCode.REQUEST_TIMEOUT: "Part of the request line and headers of an HTTP request (a WebSocket "
+    "upgrade included) arrived, but not all of it within the configured time; answered 408 and the "
+    "connection closed (a connection on which nothing was sent is closed without an answer).",
     ErrorCode.INTERNAL: "The server failed; the request may be retried with the same `tempId`.",
 }
 
@@ -60,6 +83,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_JOINED: 409,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.NOT_A_CONTACT: 403,
+    ErrorCode.TOO_MANY_SESSIONS: 429,
+    ErrorCode.TOO_MANY_CONNECTIONS: 429,
+    ErrorCode.ORIGIN_NOT_ALLOWED: 403,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -67,3 +94,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 WS_CLOSE_INVALID_TOKEN = 4401
 # 1009 is RFC 6455's "message too big".
 WS_CLOSE_FRAME_TOO_LARGE = 1009
+# A connection refused for a limit (too many sessions or connections), mirroring HTTP 429 like
+# 4401 mirrors 401. Not 1013 "try again later": this protocol's clients reconnect at once after
+# 1013, which here would only be refused again.
+WS_CLOSE_TOO_MANY = 4429

@@ -14,7 +14,11 @@ How a batch goes:
 3. After commit, the handlers' after-commit actions run (publishes whose result they need), then
    the batch is acknowledged. A crash anywhere before the ack redelivers the batch; the
    `processed_events` row written in each savepoint tells handlers it is a repeat.
-4. Database or broker outages are not poison: the batch is retried with backoff, unacknowledged.
+4. Database or broker outages are not poison: the batch is retried with backoff, unacknowledged,
+   a bounded number of times. If it still fails, its events are tried one by one, each in a
+   savepoint, for as long as the database is down; an event that fails with an error that looks
+   transient while the database answers is its own fault (a statement that always times out)
+   and is dead-lettered, so it cannot hold up the healthy events behind it for ever.
 """
 
 import asyncio
@@ -29,7 +33,14 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from switchboard_contracts.events import Envelope, Event
 from switchboard_contracts.topology import SUBSCRIPTIONS
@@ -39,7 +50,7 @@ from .db import Conn
 from .outbox import OutboxWriter
 from .transient import is_transient
 
-__all__ = ["Batched", "EventConsumer", "Handler", "HandlerContext"]
+__all__ = ["Batched", "EventConsumer", "Handler", "HandlerContext", "batch_retrying", "database_writable"]
 
 log = structlog.get_logger()
 
@@ -69,6 +80,56 @@ BATCH_SIZE = Histogram(
 # After-commit work (publishes) is retried in place this long before the batch goes back to the
 # queue: a requeue counts towards the delivery limit, a short broker blip should not.
 AFTER_COMMIT_RETRY_SECONDS = 30.0
+
+# A batch that fails with a transient error is retried whole this many times, or for this long,
+# before its events are tried one by one. A deadlock or serialization failure clears in a retry or
+# two; five tries back off about 3 to 7 s in all (0.2 s doubling, plus up to 1 s of jitter each).
+# A longer database outage needs no more: the one-by-one pass waits while the database is down.
+# The time cap is for a batch whose every try is slow (a statement that runs into its timeout).
+BATCH_RETRY_ATTEMPTS = 5
+BATCH_RETRY_SECONDS = 30.0
+# The same allowance as /readyz: a database that cannot answer `SELECT` in 2 s is not healthy.
+PROBE_TIMEOUT_SECONDS = 2.0
+
+
+def _backoff() -> wait_exponential_jitter:
+    # From 0.2 s doubling up to 5 s, plus up to 1 s of jitter so that services do not retry in step.
+    return wait_exponential_jitter(multiplier=0.2, max=5.0)
+
+
+def _log_retry(message: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        log.warning(message, error=repr(state.outcome.exception() if state.outcome else None))
+
+    return before_sleep
+
+
+def batch_retrying() -> AsyncRetrying:
+    """The in-place retries of a whole batch: transient errors only, and bounded."""
+    return AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        wait=_backoff(),
+        stop=stop_after_attempt(BATCH_RETRY_ATTEMPTS) | stop_after_delay(BATCH_RETRY_SECONDS),
+        before_sleep=_log_retry("batch not committed; retrying"),
+        reraise=True,
+    )
+
+
+async def database_writable(pool: asyncpg.Pool) -> bool:
+    """Whether the database answers and takes writes, on a connection of its own.
+
+    More than `SELECT 1`: during a failover the old primary answers reads but fails writes with
+    "read-only transaction" (transient), and that must not make every event look poison.
+    """
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            return bool(
+                await pool.fetchval(
+                    "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
+                )
+            )
+    except Exception:  # whatever keeps it from answering, it is not healthy
+        return False
 
 
 @dataclass
@@ -156,28 +217,42 @@ class EventConsumer:
 
     async def _handle_batch(self, messages: list[AbstractIncomingMessage]) -> None:
         items = [self._parse(message) for message in messages]
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
-            before_sleep=lambda state: log.warning(
-                "batch not committed; retrying",
-                error=repr(state.outcome.exception() if state.outcome else None),
-            ),
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    await self._commit(items, isolate=False)
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise
-                    # Some event in the batch is bad: run it again, each event in a savepoint.
-                    await self._commit(items, isolate=True)
+        try:
+            async for attempt in batch_retrying():
+                with attempt:
+                    try:
+                        await self._commit(items, isolate=False)
+                    except Exception as exc:
+                        if is_transient(exc):
+                            raise
+                        # Some event in the batch is bad: run it again, each event in a savepoint.
+                        await self._commit(items, isolate=True)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("batch still not committed; trying its events one by one", error=repr(exc))
+            await self._commit_one_by_one(items)
         if await self._after_commit(items):
             await self._settle(items)
         else:
             # The state is committed; redelivery re-runs the after-commit work as a duplicate.
             await self._settle(items, requeue=True)
+
+    async def _commit_one_by_one(self, items: list[_Item]) -> None:
+        """The last resort for a batch that keeps failing with transient errors.
+
+        Each event runs in its own savepoint, and one whose error looks transient while the
+        database is healthy is dead-lettered. While the database is really down, this waits
+        (unbounded, unacknowledged) and dead-letters nothing: an outage is nobody's fault.
+        """
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=_backoff(),
+            before_sleep=_log_retry("database unavailable; waiting to commit the batch"),
+            reraise=True,
+        ):
+            with attempt:
+                await self._commit(items, isolate=True, probe=lambda: database_writable(self.pool))
 
     async def _after_commit(self, items: list[_Item]) -> bool:
         """Run the handlers' after-commit work; retry only what failed. False if it never succeeded."""
@@ -189,7 +264,7 @@ class EventConsumer:
         ]
         try:
             async for attempt in AsyncRetrying(
-                wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+                wait=_backoff(),
                 stop=stop_after_delay(AFTER_COMMIT_RETRY_SECONDS),
                 reraise=True,
             ):
@@ -238,12 +313,19 @@ class EventConsumer:
             # the broker has already put them back, and the work is idempotent.
             log.warning("channel closed before settling a batch; the broker redelivers it")
 
-    async def _commit(self, items: list[_Item], *, isolate: bool) -> None:
+    async def _commit(
+        self,
+        items: list[_Item],
+        *,
+        isolate: bool,
+        probe: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         """Run the handlers of a batch in one transaction.
 
         Optimistically without savepoints (two round trips per event saved). With `isolate`,
         the retry after a failure, each event runs in its own savepoint so the one that fails is
-        rolled back and dead-lettered alone.
+        rolled back and dead-lettered alone. A transient error fails the whole batch, unless
+        `probe` is given and says the database is healthy: then it is that event's fault too.
         """
         runnable = [
             (item, item.envelope, item.event, item.handler)
@@ -288,10 +370,10 @@ class EventConsumer:
                             else:
                                 await handler(event, ctx)
                     except Exception as exc:
-                        if is_transient(exc):
-                            raise
                         if conn.is_closed():
                             raise ConnectionError("database connection lost during the batch") from exc
+                        if is_transient(exc) and (probe is None or not await probe()):
+                            raise
                         log.exception(
                             "handler failed; event dead-lettered",
                             event_type=envelope.type,

@@ -1,8 +1,9 @@
 """Which failures mean "a dependency is unwell, try again" rather than "this event is bad".
 
-A transient failure must never dead-letter an event: the batch is retried, unacknowledged, until
-the database or broker is back. Only what will fail the same way again (bad data, a broken
-constraint, a bug) goes to the dead-letter queue.
+A transient failure does not dead-letter an event while the database or broker is really away:
+the batch is retried, unacknowledged, until it is back. What will fail the same way again (bad
+data, a broken constraint, a bug), and a "transient" error that one event keeps raising while the
+database is healthy, go to the dead-letter queue (consumer.py).
 """
 
 import aiormq.exceptions

@@ -19,6 +19,7 @@ from switchboard_runtime.service import Runtime, add_health_routes, cancel_all, 
 from .auth import Verifier
 from .context import Gateway
 from .http_api import router
+from .limits import Limits, header_deadline_protocol
 from .metrics import SESSIONS
 from .registry import Registry
 from .rooms import Rooms
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Client API: WebSocket protocol v1 at /ws (docs/protocol.md) and the chat HTTP API below.",
         lifespan=lifespan,
     )
+    app.state.limits = Limits(settings)
     app.include_router(router)
     app.add_api_websocket_route("/ws", websocket_endpoint)
     install_error_handlers(app)
@@ -121,5 +123,12 @@ def main() -> None:
             # every frame, and a compressed frame can expand far past the frame limit (a
             # "deflate bomb") before that limit is checked.
             "ws_per_message_deflate": False,
+            # uvicorn's HTTP/1.1 protocol plus a deadline for each request head (slowloris);
+            # pinned, so the deadline holds even where httptools is installed.
+            "http": header_deadline_protocol(settings.header_timeout_seconds),
+            # X-Forwarded-For is believed only from the configured proxies. uvicorn's own default
+            # trusts it from loopback, which would let anything on the host pick its address.
+            "proxy_headers": bool(settings.trusted_proxies),
+            "forwarded_allow_ips": list(settings.trusted_proxies),
         },
     )

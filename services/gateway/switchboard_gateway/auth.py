@@ -1,5 +1,10 @@
-"""JWT verification: the algorithm is pinned, `exp` and `sub` are required."""
+"""JWT verification: the algorithm is pinned, `exp` and `sub` are required.
 
+PyJWT checks the signature, `exp`, `nbf` and `iat` (not in the future, with the leeway), and
+`aud` / `iss` when configured (then required). The maximum age is checked here: PyJWT has none.
+"""
+
+import time
 from dataclasses import dataclass
 
 import jwt
@@ -24,15 +29,26 @@ class Verifier:
     # Seconds of clock difference tolerated on exp, nbf and iat: the token issuer's clock is
     # never exactly ours.
     leeway: float = 30.0
+    # Seconds after `iat` past which a token is refused whatever its `exp`; None: no such bound.
+    max_age: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Verifier":
-        checks = (settings.jwt_audience, settings.jwt_issuer, settings.jwt_leeway_seconds)
+        checks = (
+            settings.jwt_audience,
+            settings.jwt_issuer,
+            settings.jwt_leeway_seconds,
+            settings.jwt_max_age_seconds,
+        )
         if settings.jwt_public_key:
             return cls(settings.jwt_public_key, "RS256", *checks)
         if settings.jwt_secret is None:
             raise RuntimeError("set CHAT_JWT_SECRET (HS256) or CHAT_JWT_PUBLIC_KEY (RS256)")
         return cls(settings.jwt_secret.get_secret_value(), "HS256", *checks)
+
+    @property
+    def _required(self) -> list[str]:
+        return ["exp", "sub", "iat"] if self.max_age is not None else ["exp", "sub"]
 
     def user_id(self, token: object) -> str:
         if not isinstance(token, str) or not token:
@@ -45,12 +61,20 @@ class Verifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
-                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+                options={"require": self._required, "verify_aud": self.audience is not None},
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("token expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise AuthError(f"token not yet valid: {exc}") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
+        if self.max_age is not None:
+            # PyJWT has checked that `iat` is present and converts to an integer. Integer
+            # arithmetic: a huge negative `iat` must be refused, not overflow a float.
+            age = int(time.time()) - int(claims["iat"])
+            if age > self.max_age + self.leeway:
+                raise AuthError(f"token too old: issued {age} s ago, the limit is {self.max_age:g} s")
         sub = claims["sub"]
         if not isinstance(sub, str):
             raise AuthError("`sub` must be a string")

@@ -27,7 +27,7 @@ from .internal import call
 from .sessions import Session
 from .sync import run_sync
 
-__all__ = ["FRAME_HANDLERS", "describe"]
+__all__ = ["FRAME_HANDLERS", "describe", "temp_id_of"]
 
 log = structlog.get_logger()
 
@@ -43,10 +43,16 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def on_send_message(gateway: Gateway, session: Session, data: Any) -> None:
+def temp_id_of(data: Any) -> str | int | None:
+    """The `tempId` of a `send_message` frame, when it has a usable one, for its `message_error`."""
     temp_id = data.get("tempId") if isinstance(data, dict) else None
     if not isinstance(temp_id, str | int) or isinstance(temp_id, bool):
-        temp_id = None
+        return None
+    return temp_id
+
+
+async def on_send_message(gateway: Gateway, session: Session, data: Any) -> None:
+    temp_id = temp_id_of(data)
     try:
         command = SendMessage.model_validate(data)
     except ValidationError as exc:

@@ -1,8 +1,16 @@
-from pydantic import Field, SecretStr
+import ipaddress
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
 from switchboard_runtime.settings import CommonSettings
 
 __all__ = ["Settings"]
+
+# A comma-separated list in its variable (`a,b`), not JSON.
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(CommonSettings):
@@ -14,6 +22,11 @@ class Settings(CommonSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway_seconds: float = Field(30.0, ge=0, le=300)
+    # When set, a token is refused once this long has passed since its `iat` (then required),
+    # whatever its `exp` says: the bound on replaying a token, e.g. one of a user since disabled,
+    # when the issuer hands out long-lived tokens. Off by default because `iat` is optional in
+    # tokens today; a deny list was not built (docs/protocol.md section 2.1).
+    jwt_max_age_seconds: float | None = Field(None, gt=0)
     # The internal API of the messages service (chats, membership, history).
     messages_url: str = "http://127.0.0.1:8001"
     # The internal API of the presence service (who is online, for users sharing a chat).
@@ -45,3 +58,58 @@ class Settings(CommonSettings):
     # couple of chats), refilling at 2 per second; past it the frame is refused `rate_limited`.
     typing_burst: int = Field(10, ge=1)
     typing_per_second: float = Field(2.0, gt=0)
+    # --- Abuse limits, all per gateway process (docs/protocol.md section 9) ---
+    # `send_message` per user, shared by the user's sessions on this gateway: a burst of 50 (a
+    # phone resending its offline outbox on reconnect, one message forwarded to a few dozen
+    # chats), refilling at 10 per second, far above anyone typing, while bounding what one
+    # account makes the system store and fan out. Past it: `rate_limited`, nothing stored.
+    message_burst: int = Field(50, ge=1)
+    messages_per_second: float = Field(10.0, gt=0)
+    # Sessions of one user on this gateway: a phone, a desktop app and several browser tabs fit;
+    # one account cannot make a gateway hold (and flush, and fan out to) thousands of sockets.
+    max_sessions_per_user: int = Field(10, ge=1)
+    # Open WebSockets from one client address on this gateway, authenticated or not. Generous
+    # because a carrier-grade or office NAT puts many users behind one address; one host that
+    # is not a NAT needs a handful, so a single machine still cannot take the gateway's sockets.
+    max_connections_per_ip: int = Field(1000, ge=1)
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client for the limit above.
+    # Empty: the peer address counts, since a header anyone can send must not choose the bucket.
+    trusted_proxies: CommaList = ()
+    # Origins (`https://chat.example`) whose pages may open a WebSocket; a browser's handshake
+    # from another is refused 403. Empty allows any: tokens are never cookies, so a cross-site
+    # page has no credential of the user to ride on (section 2.2); set it for defence in depth.
+    allowed_origins: CommaList = ()
+    # The request line and headers of every HTTP request, WebSocket upgrades included, must
+    # arrive within this time of the connection opening: a real client sends them at once (under
+    # 1 KB), a slowloris never finishes. Like the 10 s to authenticate that follows.
+    header_timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("trusted_proxies", "allowed_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            parts = urlsplit(item)
+            if item != "null" and (not parts.scheme or not parts.netloc or parts.path.strip("/")):
+                raise ValueError(f"{item!r} is not an origin like https://chat.example")
+        return value
+
+    # How fast one connection's frames are read: a chat client sends a few a second (messages,
+    # acknowledgements, typing); 50 a second with a burst of 200 (a client resending a backlog
+    # after a reconnect) is far above that. Past it the socket is read more slowly, nothing is
+    # refused: a flooding client only slows itself, and costs the gateway at most this rate.
+    frames_per_second: float = Field(50.0, gt=0)
+    frame_burst: int = Field(200, ge=1)

@@ -1,4 +1,5 @@
-"""The WebSocket endpoint: authenticate, bind the user's route, then read frames until close."""
+"""The WebSocket endpoint: check the limits, authenticate, bind the user's route, then read
+frames until close."""
 
 import asyncio
 import contextlib
@@ -7,18 +8,34 @@ from typing import Any
 
 import orjson
 import structlog
+from aiolimiter import AsyncLimiter
 from fastapi import WebSocket
+from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketState
 
-from switchboard_contracts.errors import WS_CLOSE_FRAME_TOO_LARGE, WS_CLOSE_INVALID_TOKEN, ErrorCode
+from switchboard_contracts.errors import (
+    HTTP_STATUS,
+    WS_CLOSE_FRAME_TOO_LARGE,
+    WS_CLOSE_INVALID_TOKEN,
+    WS_CLOSE_TOO_MANY,
+    ErrorCode,
+)
 from switchboard_contracts.events import SessionClosed
-from switchboard_contracts.wire import ClientFrame, UserAuthenticated, encode_frame, error_frame
+from switchboard_contracts.wire import (
+    ClientFrame,
+    UserAuthenticated,
+    encode_frame,
+    error_frame,
+    message_error_frame,
+)
 
 from .auth import AuthError
 from .context import Gateway
-from .handlers import FRAME_HANDLERS
+from .handlers import FRAME_HANDLERS, temp_id_of
+from .limits import Limits
 from .metrics import FRAMES
 from .sessions import Session
+from .settings import Settings
 
 __all__ = ["websocket_endpoint"]
 
@@ -31,10 +48,65 @@ class Closed(Exception):
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     gateway: Gateway = ws.app.state.gateway
+    limits: Limits = ws.app.state.limits
+    if not limits.origin_allowed(ws.headers.get("origin")):
+        await _deny_origin(ws)
+        return
+    # The peer, or the client a trusted proxy names (uvicorn's proxy headers; docs/protocol.md
+    # 2.4). A Unix socket has no address: only network peers are counted.
+    address = ws.client.host if ws.client else None
+    if address is not None and not limits.addresses.take(address):
+        with contextlib.suppress(Exception):
+            await ws.accept()
+        await _refuse(
+            ws,
+            ErrorCode.TOO_MANY_CONNECTIONS,
+            WS_CLOSE_TOO_MANY,
+            f"this address already has {limits.addresses.limit} connections open to this gateway",
+        )
+        return
+    try:
+        await _serve(gateway, limits, ws)
+    finally:
+        if address is not None:
+            limits.addresses.give_back(address)
+
+
+async def _deny_origin(ws: WebSocket) -> None:
+    """HTTP 403 before the WebSocket opens: the cross-site page never gets a socket at all."""
+    code = ErrorCode.ORIGIN_NOT_ALLOWED
+    message = "this origin may not open a WebSocket to this server (CHAT_ALLOWED_ORIGINS)"
+    response = JSONResponse({"code": code.value, "message": message}, status_code=HTTP_STATUS[code])
+    try:
+        await ws.send_denial_response(response)
+    except RuntimeError:
+        await ws.close()  # a server without the denial-response extension answers a bare 403
+
+
+def _read_pace(settings: Settings) -> AsyncLimiter:
+    """How fast the gateway reads one connection's frames (docs/protocol.md section 9).
+
+    Past the rate nothing is refused: the gateway simply reads that socket more slowly, so the
+    client's own TCP window fills and a flood costs the gateway no more than the rate allows.
+    """
+    return AsyncLimiter(settings.frame_burst, settings.frame_burst / settings.frames_per_second)
+
+
+async def _serve(gateway: Gateway, limits: Limits, ws: WebSocket) -> None:
     await ws.accept()
     session: Session | None = None
+    counted: str | None = None  # the user whose session count this connection holds
+    pace = _read_pace(gateway.settings)
     try:
-        user_id, device_id = await _authenticate(gateway, ws)
+        user_id, device_id = await _authenticate(gateway, ws, pace)
+        if not limits.users.open(user_id):
+            raise await _refuse(
+                ws,
+                ErrorCode.TOO_MANY_SESSIONS,
+                WS_CLOSE_TOO_MANY,
+                f"you already have {limits.users.sessions.limit} sessions on this gateway; close one",
+            )
+        counted = user_id
         session = Session(
             user_id=user_id,
             send=ws.send_text,
@@ -60,14 +132,17 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         session.push(encode_frame("authenticated", {"user_id": user_id, "session_id": session.id}))
         await gateway.publish(gateway.session_opened(session))
         while True:
-            frame = await _read(gateway, ws)
+            frame = await _read(gateway, ws, pace)
             if isinstance(frame, bytes):
                 session.push(frame)
             else:
-                await _dispatch(gateway, session, frame)
+                await _dispatch(gateway, limits, session, frame)
     except Closed:
         pass
     finally:
+        # Counted out first, so nothing the cleanup below may raise can leak the user's place.
+        if counted is not None:
+            limits.users.close(counted)
         if session is not None:
             await gateway.rooms.leave_all(session)  # others see its typing end at once
             await gateway.registry.detach(session)
@@ -84,11 +159,16 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
             await ws.close(code, reason)
 
 
-async def _refuse(ws: WebSocket, message: str) -> Closed:
+async def _refuse(ws: WebSocket, code: ErrorCode, close_code: int, message: str) -> Closed:
+    """Send the `error` frame, then close with the code as the reason."""
     with contextlib.suppress(Exception):
-        await ws.send_text(error_frame(ErrorCode.INVALID_TOKEN, message).decode())
-    await _close(ws, WS_CLOSE_INVALID_TOKEN, ErrorCode.INVALID_TOKEN.value)
+        await ws.send_text(error_frame(code, message).decode())
+    await _close(ws, close_code, code.value)
     return Closed()
+
+
+async def _refuse_token(ws: WebSocket, message: str) -> Closed:
+    return await _refuse(ws, ErrorCode.INVALID_TOKEN, WS_CLOSE_INVALID_TOKEN, message)
 
 
 def _handshake_token(ws: WebSocket) -> str | None:
@@ -99,17 +179,17 @@ def _handshake_token(ws: WebSocket) -> str | None:
     return ws.query_params.get("token")
 
 
-async def _authenticate(gateway: Gateway, ws: WebSocket) -> tuple[str, str | None]:
+async def _authenticate(gateway: Gateway, ws: WebSocket, pace: AsyncLimiter) -> tuple[str, str | None]:
     token = _handshake_token(ws)
     if token is not None:
         try:
             return gateway.verifier.user_id(token), ws.query_params.get("device_id")
         except AuthError as exc:
-            raise await _refuse(ws, str(exc)) from None
+            raise await _refuse_token(ws, str(exc)) from None
     try:
         async with asyncio.timeout(gateway.settings.auth_timeout_seconds):
             while True:
-                frame = await _read(gateway, ws)
+                frame = await _read(gateway, ws, pace)
                 if isinstance(frame, bytes):
                     await ws.send_text(frame.decode())
                     continue
@@ -125,14 +205,15 @@ async def _authenticate(gateway: Gateway, ws: WebSocket) -> tuple[str, str | Non
                     return gateway.verifier.user_id(auth.token), auth.device_id
                 except (AuthError, ValueError) as exc:
                     reason = str(exc) if isinstance(exc, AuthError) else 'data must be {"token": "<jwt>"}'
-                    raise await _refuse(ws, reason) from None
+                    raise await _refuse_token(ws, reason) from None
     except TimeoutError:
-        raise await _refuse(ws, "no authentication within the time allowed") from None
+        raise await _refuse_token(ws, "no authentication within the time allowed") from None
 
 
-async def _read(gateway: Gateway, ws: WebSocket) -> ClientFrame | bytes:
+async def _read(gateway: Gateway, ws: WebSocket, pace: AsyncLimiter) -> ClientFrame | bytes:
     """The next frame, or the `error` frame that answers a malformed one."""
     limit = gateway.settings.max_frame_bytes
+    await pace.acquire()
     message = await ws.receive()
     if message["type"] == "websocket.disconnect":
         raise Closed
@@ -149,17 +230,39 @@ async def _read(gateway: Gateway, ws: WebSocket) -> ClientFrame | bytes:
         return error_frame(ErrorCode.BAD_REQUEST, "frames must be JSON text, not binary")
     try:
         parsed: Any = orjson.loads(text)
-        return ClientFrame.model_validate(parsed)
+        frame = ClientFrame.model_validate(parsed)
     except orjson.JSONDecodeError:
         reason = "frame is not valid JSON"
     except ValueError:
         reason = 'a frame is an object {"event": "<name>", "data": {...}}'
+    else:
+        if extra := _extra_cost(frame, pace.max_rate):
+            await pace.acquire(extra)  # an acknowledgement of many ids is that much more work
+        return frame
     return error_frame(ErrorCode.BAD_REQUEST, reason)
 
 
-async def _dispatch(gateway: Gateway, session: Session, frame: ClientFrame) -> None:
+# One more unit of the read pace per this many message ids in a `message_received`: 1,000 ids
+# weigh 10 frames, so acknowledging is never the cheap way to make the services work.
+IDS_PER_UNIT = 100
+
+
+def _extra_cost(frame: ClientFrame, most: float) -> int:
+    ids = frame.data.get("message_ids") if isinstance(frame.data, dict) else None
+    if frame.event != "message_received" or not isinstance(ids, list):
+        return 0
+    return int(min(len(ids) // IDS_PER_UNIT, most))
+
+
+async def _dispatch(gateway: Gateway, limits: Limits, session: Session, frame: ClientFrame) -> None:
     handler = FRAME_HANDLERS.get(frame.event)
     FRAMES.labels(frame.event if handler else "unknown").inc()
+    # Every send counts, a malformed one too: the bucket bounds the work a user makes, not only
+    # what is stored. Refused before anything is published, so nothing of it is stored.
+    if frame.event == "send_message" and not await limits.users.take_send(session.user_id):
+        reason = "send_message: too many messages; send it again later with the same tempId"
+        session.push(message_error_frame(temp_id_of(frame.data), ErrorCode.RATE_LIMITED, reason))
+        return
     if handler is None:
         reason = (
             "already authenticated"

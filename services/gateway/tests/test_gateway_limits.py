@@ -1,0 +1,46 @@
+"""The bookkeeping behind the abuse limits; the limits themselves are hit for real in
+tests/integration/test_limits.py."""
+
+from switchboard_gateway.limits import Counts, Limits, UserLimits
+from switchboard_gateway.settings import Settings
+
+
+def test_counts_refuse_past_the_limit_and_free_a_place_when_given_back() -> None:
+    counts = Counts(2)
+    assert counts.take("a") and counts.take("a") and not counts.take("a")
+    assert counts.take("b")  # another key has its own count
+    counts.give_back("a")
+    assert counts.take("a")
+    for _ in range(3):
+        counts.give_back("b")  # giving back more than was taken never goes negative
+    assert counts.held("b") == 0 and counts.take("b")
+
+
+async def test_a_users_sessions_share_one_bucket_and_reconnecting_does_not_refill_it() -> None:
+    users = UserLimits(max_sessions=2, burst=3, per_second=0.001)
+    assert users.open("ann") and users.open("ann") and not users.open("ann")
+    assert [await users.take_send("ann") for _ in range(4)] == [True, True, True, False]
+    assert await users.take_send("bob")  # bob's bucket is his own
+    users.close("ann")
+    users.close("ann")
+    assert users.open("ann")
+    assert not await users.take_send("ann")  # still empty: leaving did not buy a new burst
+
+
+async def test_a_bucket_is_forgotten_once_it_would_have_refilled() -> None:
+    users = UserLimits(max_sessions=1, burst=1, per_second=1.0)
+    assert users.open("ann") and await users.take_send("ann")
+    users.close("ann")
+    users.refill_seconds = 0.0  # as if a whole refill period had passed since ann left
+    users.open("bob")
+    assert "ann" not in users._buckets
+
+
+def test_origins_are_checked_only_when_listed_and_only_for_browsers() -> None:
+    anyone = Limits(Settings(jwt_secret="x" * 32))
+    assert anyone.origin_allowed("https://evil.example") and anyone.origin_allowed(None)
+    listed = Limits(Settings(jwt_secret="x" * 32, allowed_origins="https://App.example/"))
+    assert listed.origin_allowed("https://app.example")
+    assert listed.origin_allowed(None)
+    assert not listed.origin_allowed("https://evil.example")
+    assert not listed.origin_allowed("null")

@@ -1,0 +1,271 @@
+"""Issue 5, abuse limits: each limit is hit for real, answers its documented code, and leaves
+the other sessions on the same gateway working.
+
+One gateway with small limits for the whole module. Linux routes all of 127.0.0.0/8 to the
+loopback interface, so each test connects from a loopback address of its own and the
+per-address limit of one test never counts another test's sockets.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import websockets
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from .client import WAIT, Client, token, unique
+from .conftest import Connector
+from .system import System, running_system
+
+MAX_PER_ADDRESS = 5
+MAX_SESSIONS = 2
+BURST = 5
+# A token back every 10 s: none comes back while a test sends its burst, however slow the machine.
+PER_SECOND = 0.1
+HEADER_TIMEOUT = 2.0
+# The only proxy whose X-Forwarded-For is believed.
+PROXY = "127.0.0.9"
+ORIGIN = "https://app.example"
+
+
+@pytest.fixture(scope="module")
+async def system(infra_urls: tuple[str, str]) -> AsyncIterator[System]:
+    """Overrides the shared system for this module, so `connect` and the failure logs use it."""
+    async with running_system(
+        *infra_urls,
+        gateways=1,
+        CHAT_MAX_CONNECTIONS_PER_IP=str(MAX_PER_ADDRESS),
+        CHAT_MAX_SESSIONS_PER_USER=str(MAX_SESSIONS),
+        CHAT_MESSAGE_BURST=str(BURST),
+        CHAT_MESSAGES_PER_SECOND=str(PER_SECOND),
+        CHAT_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+        CHAT_TRUSTED_PROXIES=PROXY,
+        CHAT_ALLOWED_ORIGINS=f"{ORIGIN},https://web.example",
+    ) as system:
+        yield system
+
+
+def fresh_address() -> str:
+    """A loopback address no other test uses (never 127.0.0.x, so never the proxy's)."""
+    n = uuid.uuid4().int
+    return f"127.{n % 254 + 1}.{(n >> 8) % 256}.{(n >> 16) % 254 + 1}"
+
+
+async def open_socket(
+    connect: Connector,
+    address: str,
+    user: str | None = None,
+    *,
+    forwarded_for: str | None = None,
+    origin: str | None = None,
+) -> Client:
+    """A client from `address`; with `user`, authenticated at the handshake (not awaited here)."""
+    headers = {"Authorization": f"Bearer {token(user)}"} if user else {}
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for
+    ws = await websockets.connect(
+        connect.system.ws_url(),
+        additional_headers=headers,
+        origin=origin,
+        max_size=None,
+        local_addr=(address, 0),
+    )
+    client = Client(ws)
+    connect.clients.append(client)
+    return client
+
+
+async def session(connect: Connector, address: str, user: str, **options: Any) -> Client:
+    client = await open_socket(connect, address, user, **options)
+    auth = await client.next("authenticated")
+    client.user_id, client.session_id = auth["user_id"], auth["session_id"]
+    return client
+
+
+async def refused(client: Client, code: str, close_code: int) -> None:
+    assert (await client.next("error"))["code"] == code
+    assert await client.wait_closed() == close_code
+    assert client.of("authenticated") == []
+
+
+async def pair(connect: Connector, address: str) -> tuple[str, Client, Client]:
+    """A direct chat and both members connected from `address`."""
+    a, b = unique("a"), unique("b")
+    chat = await connect.api(a).create_chat([b], kind="direct")
+    return chat, await session(connect, address, a), await session(connect, address, b)
+
+
+async def still_works(chat: str, sender: Client, receiver: Client) -> None:
+    content = f"still here {uuid.uuid4().hex[:6]}"
+    await sender.send_message(chat, content)
+    await receiver.wait(lambda _: any(m["content"] == content for m in receiver.messages()))
+
+
+async def answered(client: Client, temp_ids: set[str]) -> None:
+    def all_answered(_: object) -> bool:
+        answers = client.of("message_sent") + client.of("message_error")
+        return {a["tempId"] for a in answers} >= temp_ids
+
+    await client.wait(all_answered)
+
+
+async def reconnects(connect: Connector, address: str, user: str) -> Client:
+    """A new session once the server has counted a closed one out.
+
+    The server counts a socket out just after the closing handshake the client saw end, and
+    nothing tells the client when; so this tries again, briefly, while the answer is a 4429.
+    """
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(WAIT), wait=wait_fixed(0.1), retry=retry_if_exception_type(AssertionError)
+    ):
+        with attempt:
+            return await session(connect, address, user)
+    raise AssertionError("unreachable")
+
+
+async def test_sends_past_the_users_rate_are_refused_and_not_stored(connect: Connector) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    laptop = await session(connect, address, alice.user_id or "")
+
+    # Both of alice's sessions draw on one bucket: 8 sends against a burst of 5.
+    for n, client in enumerate((alice, laptop)):
+        temp_ids = {await client.send_message(chat, f"m{n}-{i}") for i in range(4)}
+        await answered(client, temp_ids)
+    accepted = alice.of("message_sent") + laptop.of("message_sent")
+    errors = alice.of("message_error") + laptop.of("message_error")
+    assert len(accepted) == BURST and len(errors) == 8 - BURST
+    assert {e["code"] for e in errors} == {"rate_limited"}
+
+    stored = (await connect.api(bob.user_id or "").history(chat)).json()["messages"]
+    assert sorted(m["content"] for m in stored) == sorted(m["message"]["content"] for m in accepted)
+    # Neither of alice's sockets was closed, and bob's own allowance is untouched.
+    assert alice.close_code is None and laptop.close_code is None
+    await still_works(chat, bob, alice)
+
+
+async def test_sessions_past_the_per_user_limit_are_refused(connect: Connector) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    laptop = await session(connect, address, alice.user_id or "")
+
+    third = await open_socket(connect, address, alice.user_id)
+    await refused(third, "too_many_sessions", 4429)
+
+    await still_works(chat, alice, bob)
+    await still_works(chat, laptop, bob)
+    await still_works(chat, bob, alice)
+
+    await laptop.close()
+    tablet = await reconnects(connect, address, alice.user_id or "")
+    await still_works(chat, tablet, bob)
+
+
+async def test_connections_past_the_per_address_limit_are_refused(connect: Connector) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    others = [await session(connect, address, unique("u")) for _ in range(MAX_PER_ADDRESS - 2)]
+
+    # Refused before authentication: an unauthenticated socket is what a flood would open.
+    extra = await open_socket(connect, address)
+    await refused(extra, "too_many_connections", 4429)
+    chat_elsewhere, carol, dave = await pair(connect, fresh_address())
+
+    await still_works(chat, alice, bob)
+    await still_works(chat_elsewhere, carol, dave)
+
+    await others[0].close()
+    await reconnects(connect, address, unique("u"))
+
+
+async def test_x_forwarded_for_counts_only_from_a_trusted_proxy(connect: Connector) -> None:
+    chat, alice, bob = await pair(connect, fresh_address())
+    client_a, client_b = "203.0.113.7", "203.0.113.8"
+
+    # Through the proxy, each forwarded address has a limit of its own.
+    for _ in range(MAX_PER_ADDRESS):
+        await session(connect, PROXY, unique("p"), forwarded_for=client_a)
+    await refused(
+        await open_socket(connect, PROXY, unique("p"), forwarded_for=client_a), "too_many_connections", 4429
+    )
+    await session(connect, PROXY, unique("p"), forwarded_for=client_b)
+
+    # From anyone else the header is ignored: a new made-up address each time does not help.
+    direct = fresh_address()
+    for i in range(MAX_PER_ADDRESS):
+        await session(connect, direct, unique("d"), forwarded_for=f"198.51.100.{i + 1}")
+    await refused(
+        await open_socket(connect, direct, unique("d"), forwarded_for="198.51.100.99"),
+        "too_many_connections",
+        4429,
+    )
+    await still_works(chat, alice, bob)
+
+
+async def test_a_browser_origin_outside_the_allow_list_is_refused_before_the_socket_opens(
+    connect: Connector,
+) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+
+    with pytest.raises(websockets.InvalidStatus) as refusal:
+        await open_socket(connect, address, unique("victim"), origin="https://evil.example")
+    assert refusal.value.response.status_code == 403
+    assert json.loads(refusal.value.response.body)["code"] == "origin_not_allowed"
+
+    await session(connect, address, unique("web"), origin=ORIGIN)  # an allowed page
+    await session(connect, address, unique("app"))  # no Origin: a native app or a bot
+    await still_works(chat, alice, bob)
+
+
+async def _until_closed(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dribble: bytes
+) -> tuple[bytes, float]:
+    """Send `dribble` a byte every half second until the server hangs up; what it answered, and
+    how long after connecting. At most 60 bytes: the server must have hung up long before."""
+    start = time.monotonic()
+    answer = asyncio.create_task(reader.read())  # everything up to the server's EOF
+    for byte in dribble[:60]:
+        done, _ = await asyncio.wait({answer}, timeout=0.5)
+        if done:
+            break
+        writer.write(bytes([byte]))
+    received = await asyncio.wait_for(answer, WAIT)
+    elapsed = time.monotonic() - start
+    writer.close()
+    return received, elapsed
+
+
+HEAD = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+@pytest.mark.parametrize(
+    ("start", "dribble"),
+    [(b"", b""), (HEAD, b""), (HEAD, b"X-Slow: " + b"a" * 60)],
+    ids=["nothing sent", "head never finished", "slowloris"],
+)
+async def test_a_request_head_not_sent_in_time_is_cut_off(
+    connect: Connector, start: bytes, dribble: bytes
+) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+
+    port = int(connect.system.gateway_url().rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+    writer.write(start)
+    received, elapsed = await _until_closed(reader, writer, dribble)
+
+    if start:
+        assert received.startswith(b"HTTP/1.1 408 ")
+        assert json.loads(received.split(b"\r\n\r\n", 1)[1])["code"] == "request_timeout"
+    else:
+        assert received == b""  # nothing asked, nothing answered: just closed
+    # Not before the deadline, and not long after it (a busy 2-core machine may lag a little).
+    assert HEADER_TIMEOUT - 0.1 <= elapsed <= HEADER_TIMEOUT + 3
+    # WebSockets opened before are older than the deadline by now and are not touched by it.
+    assert alice.close_code is None and bob.close_code is None
+    await still_works(chat, alice, bob)

@@ -3,6 +3,7 @@
 Every frame is a JSON text `{"event": "<name>", "data": {...}}` (docs/protocol.md).
 """
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -95,7 +96,8 @@ class ClientFrame(BaseModel):
 
 class UserAuthenticated(BaseModel):
     token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
-    device_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    # Stored by presence with the session: no NUL, which PostgreSQL text cannot hold.
+    device_id: Annotated[Text, StringConstraints(min_length=1, max_length=128)] | None = None
 
 
 class SendMessage(BaseModel):
@@ -141,6 +143,15 @@ class MarkRead(BaseModel):
 MAX_SYNC_CHATS = 10_000
 
 
+def _in_utc_range(value: datetime) -> datetime:
+    # "0001-01-01T00:00:00+14:00" is a valid time that is before year 1 in UTC, where the
+    # database (and Python) cannot follow.
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a time between years 1 and 9999 in UTC") from None
+
+
 class Sync(BaseModel):
     """`chats`: the last seq this device saw per chat; chats it does not name start at `since`
     (a time) when given, else at their beginning, both subject to the compaction limit."""
@@ -150,7 +161,7 @@ class Sync(BaseModel):
     chats: Annotated[
         dict[UUID, Annotated[StrictInt, Field(ge=0, le=MAX_SEQ)]], Field(max_length=MAX_SYNC_CHATS)
     ] = {}
-    since: AwareDatetime | None = None
+    since: Annotated[AwareDatetime, AfterValidator(_in_utc_range)] | None = None
     # At most this many messages per chat (a phone on a metered link); the server's own
     # compaction limit applies when it is lower.
     limit: Annotated[StrictInt, Field(ge=1)] | None = None

@@ -11,6 +11,7 @@ import structlog
 from aiolimiter import AsyncLimiter
 from fastapi import WebSocket
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.websockets import WebSocketState
 
 from switchboard_contracts.errors import (
@@ -40,6 +41,10 @@ from .settings import Settings
 __all__ = ["websocket_endpoint"]
 
 log = structlog.get_logger()
+
+
+# RFC 6455 1008 "policy violation": the connection is refused for what it sent, not for its token.
+WS_CLOSE_POLICY = 1008
 
 
 class Closed(Exception):
@@ -179,11 +184,24 @@ def _handshake_token(ws: WebSocket) -> str | None:
     return ws.query_params.get("token")
 
 
+async def _credentials(ws: WebSocket, data: Any) -> UserAuthenticated:
+    """The token and device id, or a refusal: 4401 for a missing or malformed token, 1008 with
+    `bad_request` for a bad `device_id` (1 to 128 characters, no NUL)."""
+    try:
+        return UserAuthenticated.model_validate(data)
+    except ValidationError as exc:
+        if any(error["loc"][:1] == ("device_id",) for error in exc.errors()):
+            message = "device_id must be 1 to 128 characters without NUL"
+            raise await _refuse(ws, ErrorCode.BAD_REQUEST, WS_CLOSE_POLICY, message) from None
+        raise await _refuse_token(ws, 'data must be {"token": "<jwt>"}') from None
+
+
 async def _authenticate(gateway: Gateway, ws: WebSocket, pace: AsyncLimiter) -> tuple[str, str | None]:
     token = _handshake_token(ws)
     if token is not None:
+        auth = await _credentials(ws, {"token": token or "-", "device_id": ws.query_params.get("device_id")})
         try:
-            return gateway.verifier.user_id(token), ws.query_params.get("device_id")
+            return gateway.verifier.user_id(token), auth.device_id
         except AuthError as exc:
             raise await _refuse_token(ws, str(exc)) from None
     try:
@@ -200,12 +218,11 @@ async def _authenticate(gateway: Gateway, ws: WebSocket, pace: AsyncLimiter) -> 
                         ).decode()
                     )
                     continue
+                auth = await _credentials(ws, frame.data)
                 try:
-                    auth = UserAuthenticated.model_validate(frame.data)
                     return gateway.verifier.user_id(auth.token), auth.device_id
-                except (AuthError, ValueError) as exc:
-                    reason = str(exc) if isinstance(exc, AuthError) else 'data must be {"token": "<jwt>"}'
-                    raise await _refuse_token(ws, reason) from None
+                except AuthError as exc:
+                    raise await _refuse_token(ws, str(exc)) from None
     except TimeoutError:
         raise await _refuse_token(ws, "no authentication within the time allowed") from None
 

@@ -49,11 +49,14 @@ class Report:
             lasted = max(f.ended - f.started for f in faults)
             times = [f.recovered - f.started for f in faults if f.recovered is not None]
             back = [f.users_back - f.started for f in faults if f.users_back is not None]
+            users_back = f"{max(back):.1f} s" if back else "-"
+            if target.startswith("gateway-") and len(back) < len(faults):
+                users_back = "NOT BACK"
             p50 = f"{statistics.median(times):.1f} s" if times else "-"
             worst = f"{max(times):.1f} s" if len(times) == len(faults) else "NOT RECOVERED"
             lines.append(
                 f"{kind:<18} {target:<10} {len(faults):>3} {lasted:>11.1f} s {p50:>14} {worst:>14}"
-                f" {(f'{max(back):.1f} s' if back else '-'):>11}"
+                f" {users_back:>11}"
             )
         v = self.verdict
         lines += [

@@ -27,6 +27,10 @@ BURST = 5
 # A token back every 10 s: none comes back while a test sends its burst, however slow the machine.
 PER_SECOND = 0.1
 HEADER_TIMEOUT = 2.0
+AUTH_TIMEOUT = 1.0
+# Frames read per second from one connection, and the burst read at once.
+FRAMES_PER_SECOND = 50.0
+FRAME_BURST = 10
 # The only proxy whose X-Forwarded-For is believed.
 PROXY = "127.0.0.9"
 ORIGIN = "https://app.example"
@@ -43,6 +47,9 @@ async def system(infra_urls: tuple[str, str]) -> AsyncIterator[System]:
         CHAT_MESSAGE_BURST=str(BURST),
         CHAT_MESSAGES_PER_SECOND=str(PER_SECOND),
         CHAT_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+        CHAT_AUTH_TIMEOUT_SECONDS=str(AUTH_TIMEOUT),
+        CHAT_FRAMES_PER_SECOND=str(FRAMES_PER_SECOND),
+        CHAT_FRAME_BURST=str(FRAME_BURST),
         CHAT_TRUSTED_PROXIES=PROXY,
         CHAT_ALLOWED_ORIGINS=f"{ORIGIN},https://web.example",
     ) as system:
@@ -269,3 +276,30 @@ async def test_a_request_head_not_sent_in_time_is_cut_off(
     # WebSockets opened before are older than the deadline by now and are not touched by it.
     assert alice.close_code is None and bob.close_code is None
     await still_works(chat, alice, bob)
+
+
+async def test_a_socket_that_never_authenticates_is_closed(connect: Connector) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    idle = await open_socket(connect, address)
+    assert (await idle.next("error"))["code"] == "invalid_token"
+    assert await idle.wait_closed() == 4401
+    await still_works(chat, alice, bob)
+
+
+async def test_a_flooding_connection_is_read_at_the_pace_and_nothing_is_refused(connect: Connector) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    flooder = await session(connect, address, unique("flood"))
+    frames = 200
+    started = time.perf_counter()
+    for _ in range(frames):
+        await flooder.send("nope", {})
+    # Meanwhile another session of the same gateway is served as usual.
+    await still_works(chat, alice, bob)
+    await flooder.wait(lambda _: len(flooder.of("error")) == frames)
+    took = time.perf_counter() - started
+    # Every frame answered (nothing dropped, the socket open), and no faster than the pace: a
+    # lower bound, which a slow machine cannot break.
+    assert all(e["code"] == "bad_request" for e in flooder.of("error")) and flooder.close_code is None
+    assert took >= (frames - FRAME_BURST) / FRAMES_PER_SECOND * 0.9

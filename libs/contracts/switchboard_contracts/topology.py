@@ -83,6 +83,8 @@ class Kind:
     SIGNAL = "signal"
     # Published to a chat's room key (`typing`): for the sessions of this gateway that joined it.
     ROOM = "room"
+    # To a gateway from presence: announce every session again (presence had expired them).
+    RESYNC = "resync"
 
 
 class Headers:

@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             rooms = Rooms(queue, topology, publish_route, settings.typing_ttl_seconds)
             gateway = Gateway(gateway_id, settings, bus, registry, verifier, rooms, messages_client)
-            await queue.consume(RouteConsumer(registry, rooms))
+            await queue.consume(RouteConsumer(registry, rooms, gateway.resync))
             bus.connection.reconnect_callbacks.add(gateway.resync)
             runtime = Runtime(bus=bus)
             spawn(heartbeat(gateway), runtime.tasks, "heartbeat")

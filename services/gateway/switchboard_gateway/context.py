@@ -44,14 +44,15 @@ class Gateway:
         )
 
     async def resync(self, *_: object) -> None:
-        """The broker connection came back: flush every session again.
+        """The broker connection came back, or presence had expired this gateway: announce and
+        flush every session again.
 
         While it was down, delivery found no route for these users and kept their messages
         pending; re-announcing each session makes delivery send them (in order, behind a new
         catch-up). Presence ignores a session it already knows.
         """
         sessions = list(self.registry.sessions.values())
-        log.info("broker connection restored; flushing sessions again", sessions=len(sessions))
+        log.info("announcing sessions again; flushing them", sessions=len(sessions))
         for session in sessions:
             if session.syncing:
                 # Its live messages were unroutable meanwhile and the replay does not cover

@@ -1,5 +1,9 @@
 """This gateway's route queue: frames the broker routed here, handed to the right sessions."""
 
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 from aio_pika.abc import AbstractIncomingMessage
 
 from switchboard_contracts.topology import Kind
@@ -12,9 +16,13 @@ __all__ = ["RouteConsumer"]
 
 
 class RouteConsumer:
-    def __init__(self, registry: Registry, rooms: Rooms) -> None:
+    def __init__(
+        self, registry: Registry, rooms: Rooms, resync: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
         self.registry = registry
         self.rooms = rooms
+        self.resync = resync
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         # Handing a frame to a session's buffer cannot fail or block, so the delivery is acked
@@ -22,6 +30,11 @@ class RouteConsumer:
         routed = Routed.from_message(message)
         if routed.kind == Kind.ROOM:
             self.rooms.deliver(routed)
+        elif routed.kind == Kind.RESYNC:
+            # In the background: it publishes once per session, the route queue must not wait.
+            task = asyncio.create_task(self.resync())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         elif routed.session_id is not None:
             self.registry.to_session(routed.session_id, routed)
         elif routed.user_id is not None:

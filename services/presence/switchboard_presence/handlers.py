@@ -27,6 +27,7 @@ from switchboard_contracts.events import (
     UserWentOffline,
     UserWentOnline,
 )
+from switchboard_contracts.topology import Headers, Kind, Topology
 from switchboard_runtime.consumer import Handler, HandlerContext
 from switchboard_runtime.db import Conn
 from switchboard_runtime.outbox import OutboxWriter
@@ -99,7 +100,12 @@ async def on_session_closed(event: SessionClosed, ctx: HandlerContext) -> None:
 
 async def on_heartbeat(event: GatewayHeartbeat, ctx: HandlerContext) -> None:
     # Presence's own clock, the one expiry compares with; a gateway's clock may differ.
-    await store.beat(ctx.conn, event.gateway_id, datetime.now(UTC))
+    new = await store.beat(ctx.conn, event.gateway_id, datetime.now(UTC))
+    if new and event.sessions and not ctx.duplicate:
+        # A gateway with sessions presence does not know: it was expired while stalled (or
+        # presence lost its state). Ask it to announce its sessions again, so their users are
+        # online again and their queues flushed.
+        ctx.outbox.send(Topology.gateway_key(event.gateway_id), b"", {Headers.KIND: Kind.RESYNC})
 
 
 async def expire_silent_gateways(conn: Conn, expiry: timedelta) -> OutboxWriter:

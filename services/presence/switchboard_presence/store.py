@@ -24,14 +24,18 @@ __all__ = [
 ]
 
 
-async def beat(conn: Conn, gateway_id: str, now: datetime) -> None:
-    await conn.execute(
+async def beat(conn: Conn, gateway_id: str, now: datetime) -> bool:
+    """Record a sign of life; True if presence did not know this gateway (new, or expired)."""
+    new: bool = await conn.fetchval(
         "INSERT INTO gateways (gateway_id, last_heartbeat) VALUES ($1, $2)"
         " ON CONFLICT (gateway_id) DO UPDATE"
-        " SET last_heartbeat = GREATEST(gateways.last_heartbeat, EXCLUDED.last_heartbeat)",
+        " SET last_heartbeat = GREATEST(gateways.last_heartbeat, EXCLUDED.last_heartbeat)"
+        # xmax = 0 on a freshly inserted row.
+        " RETURNING xmax = 0",
         gateway_id,
         now,
     )
+    return new
 
 
 async def add_session(

@@ -128,6 +128,8 @@ class System:
             # Likewise the read pace of one connection (the attack run measures it at its default).
             CHAT_FRAMES_PER_SECOND="1000000",
             CHAT_FRAME_BURST="1000000",
+            CHAT_ADDRESS_MESSAGE_BURST="1000000",
+            CHAT_ADDRESS_MESSAGES_PER_SECOND="1000000",
         )
         env.update(self.settings)
         env.update(extra)

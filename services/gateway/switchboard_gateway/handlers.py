@@ -31,6 +31,11 @@ __all__ = ["FRAME_HANDLERS", "describe", "temp_id_of"]
 
 log = structlog.get_logger()
 
+# `sync` per connection: a burst of 3, then one every 10 s. Each plans every chat of the user and
+# replays history, the costliest thing a client can ask for.
+SYNC_BURST = 3
+SYNC_SECONDS = 10
+
 FrameHandler = Callable[[Gateway, Session, Any], Awaitable[None]]
 
 
@@ -103,9 +108,14 @@ def _parse(session: Session, event: str, model: type[Model], data: Any) -> Model
 async def on_message_received(gateway: Gateway, session: Session, data: Any) -> None:
     if (ack := _parse(session, "message_received", MessageReceived, data)) is None:
         return
-    await gateway.publish(
-        DeliveryAcked(user_id=session.user_id, session_id=session.id, message_ids=ack.message_ids)
-    )
+    # Only what this connection was sent counts: an id it never got (made up, or from an earlier
+    # connection) costs the services nothing. A message acknowledged too late that way is still
+    # pending and comes again in the next catch-up, to be acknowledged there.
+    received = session.sent_of(ack.message_ids)
+    if received:
+        await gateway.publish(
+            DeliveryAcked(user_id=session.user_id, session_id=session.id, message_ids=received)
+        )
 
 
 async def on_mark_read(gateway: Gateway, session: Session, data: Any) -> None:
@@ -167,6 +177,13 @@ async def on_sync(gateway: Gateway, session: Session, data: Any) -> None:
     if session.syncing:
         session.push(error_frame(ErrorCode.BAD_REQUEST, "sync: a sync is already running"))
         return
+    if session.sync_limit is None:
+        # A device syncs once per connection; a few more are a client's retries, not a need.
+        session.sync_limit = AsyncLimiter(SYNC_BURST, SYNC_BURST * SYNC_SECONDS)
+    if not session.sync_limit.has_capacity():
+        session.push(error_frame(ErrorCode.RATE_LIMITED, f"sync: at most one per {SYNC_SECONDS} s"))
+        return
+    await session.sync_limit.acquire()  # has capacity: returns at once
     # In the background: the session keeps reading frames (acks, sends) while it replays.
     session.start_sync(
         run_sync(gateway, session, request), {str(chat): seq for chat, seq in request.chats.items()}

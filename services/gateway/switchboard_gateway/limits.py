@@ -109,6 +109,27 @@ class UserLimits:
             self._buckets.pop(user_id, None)
 
 
+class Buckets:
+    """A token bucket per key (a client address), made on first use. Past `most` keys the least
+    recently used is forgotten; it comes back full, which only errs towards letting through."""
+
+    def __init__(self, burst: int, per_second: float, most: int = 100_000) -> None:
+        self.burst = burst
+        self.refill_seconds = burst / per_second
+        self.most = most
+        self._buckets: OrderedDict[str, AsyncLimiter] = OrderedDict()
+
+    async def take(self, key: str) -> bool:
+        bucket = self._buckets.pop(key, None) or AsyncLimiter(self.burst, self.refill_seconds)
+        self._buckets[key] = bucket  # now the most recently used
+        if len(self._buckets) > self.most:
+            self._buckets.popitem(last=False)
+        if not bucket.has_capacity():
+            return False
+        await bucket.acquire()  # it has capacity: returns at once
+        return True
+
+
 def normalize_origin(origin: str) -> str:
     # Browsers send `scheme://host[:port]` in lower case without a trailing slash; configured
     # values are compared the same way so `https://App.example/` still matches.
@@ -124,6 +145,9 @@ class Limits:
             settings.max_sessions_per_user, settings.message_burst, settings.messages_per_second
         )
         self.origins = frozenset(normalize_origin(o) for o in settings.allowed_origins)
+        # `send_message` from all the users behind one address: many accounts from one host
+        # cannot multiply the per-user allowance past this.
+        self.address_sends = Buckets(settings.address_message_burst, settings.address_messages_per_second)
 
     def origin_allowed(self, origin: str | None) -> bool:
         """No list: any origin. No Origin header: not a browser, so not a cross-site page either."""

@@ -13,10 +13,10 @@ sees each chat in seq order even when messages arrive while its backlog is in fl
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import structlog
 from aiolimiter import AsyncLimiter
@@ -61,10 +61,14 @@ class Session:
     # 1013, so the client reconnects and gets a whole flush rather than live messages out of order.
     flush_timeout: float = 120.0
     device_id: str | None = None
+    # The client's address (or the one a trusted proxy names), for the per-address limits.
+    address: str | None = None
     # Called with the position to continue after when a flush page is done and there is room.
     request_page: Callable[[int], Coroutine[Any, Any, None]] | None = None
     # How fast this session may send `typing` (created on its first `typing`).
     typing_limit: AsyncLimiter | None = None
+    # How often this session may `sync` (created on its first `sync`).
+    sync_limit: AsyncLimiter | None = None
     id: str = field(default_factory=lambda: f"s-{uuid4().hex}")
     catching_up: bool = True
     # A `sync` is replaying history: live messages wait, queue flush pages are ignored.
@@ -144,6 +148,10 @@ class Session:
     def _caught_up_past(self, routed: Routed) -> bool:
         """A message at or below what a catch-up already sent for its chat."""
         return routed.seq is not None and routed.seq <= self._flushed_seq.get(routed.chat_id or "", 0)
+
+    def sent_of(self, message_ids: Iterable[UUID]) -> list[UUID]:
+        """Those of these messages this session has sent to its client (the last RECENT_IDS)."""
+        return [message_id for message_id in message_ids if str(message_id) in self._sent_ids]
 
     def _push_message(self, message_id: str | None, frame: bytes) -> None:
         if message_id is not None:

@@ -108,8 +108,13 @@ class Settings(CommonSettings):
         return value
 
     # How fast one connection's frames are read: a chat client sends a few a second (messages,
-    # acknowledgements, typing); 50 a second with a burst of 200 (a client resending a backlog
+    # acknowledgements, typing); 20 a second with a burst of 200 (a client resending a backlog
     # after a reconnect) is far above that. Past it the socket is read more slowly, nothing is
     # refused: a flooding client only slows itself, and costs the gateway at most this rate.
-    frames_per_second: float = Field(50.0, gt=0)
+    frames_per_second: float = Field(20.0, gt=0)
     frame_burst: int = Field(200, ge=1)
+    # `send_message` from all the connections of one client address together: 100 a second
+    # with a burst of 200 serves an office or carrier NAT of hundreds of people chatting, while
+    # a host with many accounts cannot multiply the per-user allowance into a flood.
+    address_message_burst: int = Field(200, ge=1)
+    address_messages_per_second: float = Field(100.0, gt=0)

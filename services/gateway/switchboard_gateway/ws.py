@@ -120,6 +120,7 @@ async def _serve(gateway: Gateway, limits: Limits, ws: WebSocket) -> None:
             buffer_bytes_limit=gateway.settings.send_buffer_bytes,
             flush_timeout=gateway.settings.flush_timeout_seconds,
             device_id=device_id,
+            address=ws.client.host if ws.client else None,
         )
         session.request_page = functools.partial(gateway.request_page, session)
         try:
@@ -276,7 +277,10 @@ async def _dispatch(gateway: Gateway, limits: Limits, session: Session, frame: C
     FRAMES.labels(frame.event if handler else "unknown").inc()
     # Every send counts, a malformed one too: the bucket bounds the work a user makes, not only
     # what is stored. Refused before anything is published, so nothing of it is stored.
-    if frame.event == "send_message" and not await limits.users.take_send(session.user_id):
+    if frame.event == "send_message" and not (
+        await limits.users.take_send(session.user_id)
+        and (session.address is None or await limits.address_sends.take(session.address))
+    ):
         reason = "send_message: too many messages; send it again later with the same tempId"
         session.push(message_error_frame(temp_id_of(frame.data), ErrorCode.RATE_LIMITED, reason))
         return

@@ -44,11 +44,9 @@ def main() -> None:
         )
     )
     print(report.table())
-    unrecovered = [
-        f
-        for f in report.faults
-        if f.recovered is None or (f.target.startswith("gateway-") and f.users_back is None)
-    ]
+    # A gateway whose users were not all caught up within the time shows NOT BACK in the table;
+    # it fails the run only through the oracle (a loss), not by itself.
+    unrecovered = [f for f in report.faults if f.recovered is None]
     if not report.verdict.passed or unrecovered:
         print(f"FAILED (seed {seed}): {len(unrecovered)} unrecovered fault(s)", file=sys.stderr)
         sys.exit(1)

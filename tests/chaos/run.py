@@ -151,16 +151,21 @@ async def round_trip(world: World, timeout: float) -> bool:
     return await receiver.wait(arrived, timeout)
 
 
-async def caught_up_since(users: list[User], since: float, timeout: float) -> float | None:
-    """When every one of these users had connected again and finished a catch-up after `since`."""
+async def caught_up_since(
+    users: list[User], since: float, timeout: float, sessions: dict[str, int] | None = None
+) -> float | None:
+    """When every one of these users had finished a catch-up after `since`; a user whose
+    session of then (`sessions`) is still open never lost anything and counts as back at once."""
     deadline = time.perf_counter() + timeout
+    back = []
     for user in users:
-        ok = await user.wait(
-            lambda u=user: any(t > since for t in u.flushed_at), deadline - time.perf_counter()
-        )
-        if not ok:
+        if sessions is not None and user.connected and user.sessions == sessions.get(user.id):
+            continue
+        left = deadline - time.perf_counter()
+        if not await user.wait(lambda u=user: any(t > since for t in u.flushed_at), left):
             return None
-    return max(max(t for t in u.flushed_at if t > since) for u in users) if users else time.perf_counter()
+        back.append(max(t for t in user.flushed_at if t > since))
+    return max(back, default=time.perf_counter())
 
 
 async def chaos(
@@ -211,11 +216,12 @@ async def inject(w: World, infra: Infra, fault: Fault) -> Injected:
     if fault.target.startswith("gateway-"):
         url = w.system.ws_url(int(fault.target.rsplit("-", 1)[1]))
         on_gateway = [u for u in w.users if u.connected and u.url == url]
+    sessions = {u.id: u.sessions for u in on_gateway}
     started = time.perf_counter()
     target = await fault.inject(w.system, infra, w.users)
     injected = Injected(fault.kind, target, started, time.perf_counter())
     if await round_trip(w, RECOVERY_TIMEOUT):
         injected.recovered = time.perf_counter()
     if on_gateway:
-        injected.users_back = await caught_up_since(on_gateway, started, RECOVERY_TIMEOUT)
+        injected.users_back = await caught_up_since(on_gateway, started, RECOVERY_TIMEOUT, sessions)
     return injected

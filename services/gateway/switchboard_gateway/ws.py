@@ -295,5 +295,5 @@ async def _dispatch(gateway: Gateway, limits: Limits, session: Session, frame: C
     try:
         await handler(gateway, session, frame.data)
     except Exception:
-        log.exception("frame handler failed", event=frame.event, session_id=session.id)
+        log.exception("frame handler failed", frame_event=frame.event, session_id=session.id)
         session.push(error_frame(ErrorCode.INTERNAL, f"{frame.event} failed; it may be retried"))

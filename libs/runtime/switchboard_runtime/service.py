@@ -5,7 +5,7 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,12 +153,20 @@ def event_app(
     *,
     title: str,
     extra: Callable[[asyncpg.Pool], Mapping[str, Coroutine[Any, Any, None]]] | None = None,
+    setup: Callable[[], AbstractAsyncContextManager[object]] | None = None,
 ) -> FastAPI:
-    """The HTTP face of an event service (health, metrics), its lifespan running `event_service`."""
+    """The HTTP face of an event service (health, metrics), its lifespan running `event_service`.
+
+    `setup` is entered before the service starts consuming and left after it stopped: for what
+    must exist before the first event is handled (delivery's webhook queue).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with event_service(service, settings, handlers, extra=extra) as runtime:
+        async with (
+            setup() if setup else nullcontext(),
+            event_service(service, settings, handlers, extra=extra) as runtime,
+        ):
             app.state.runtime = runtime
             yield
 

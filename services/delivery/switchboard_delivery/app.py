@@ -1,8 +1,7 @@
 """Wiring of the delivery service: membership projection, pending deliveries, routing to users,
 notification events, and (when configured) the webhook that posts them."""
 
-from collections.abc import AsyncIterator, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def extra(_: asyncpg.Pool) -> Mapping[str, Coroutine[Any, Any, None]]:
         return {"webhook": webhook.run()}
 
-    app = event_app(SERVICE, settings, handlers, title="Switchboard delivery", extra=extra)
-    service_lifespan = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The webhook queue is declared before delivery can emit a notification (and before
-        # /readyz says ready): an event published while it does not exist is not kept for it.
-        try:
-            await webhook.declare()
-            async with service_lifespan(app):
-                yield
-        finally:
-            await webhook.close()
-
-    app.router.lifespan_context = lifespan
-    return app
+    return event_app(
+        SERVICE, settings, handlers, title="Switchboard delivery", extra=extra, setup=webhook.declared
+    )
 
 
 def main() -> None:

@@ -7,6 +7,9 @@ before the ack posts again), and the receiver de-duplicates on that key. Events 
 at a time, in queue order, so a cancellation never overtakes the request it cancels.
 """
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import aiormq.exceptions
 import httpx
 import structlog
@@ -58,6 +61,16 @@ class Webhook:
 
     async def close(self) -> None:
         await self.bus.close()
+
+    @contextlib.asynccontextmanager
+    async def declared(self) -> AsyncIterator[None]:
+        """Declared for as long as the service runs: the queue must exist before delivery can
+        emit a notification, since an event published while it does not is not kept for it."""
+        try:
+            await self.declare()
+            yield
+        finally:
+            await self.close()
 
     async def run(self) -> None:
         if self._queue is None:

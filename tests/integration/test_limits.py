@@ -31,6 +31,12 @@ AUTH_TIMEOUT = 1.0
 # Frames read per second from one connection, and the burst read at once.
 FRAMES_PER_SECOND = 50.0
 FRAME_BURST = 10
+# Frames read per second from all the connections of one address together, and their burst.
+ADDRESS_FRAMES_PER_SECOND = 60.0
+ADDRESS_FRAME_BURST = 10
+# New TCP connections from one address: a burst the harness's own calls from 127.0.0.1 never
+# reach in this module, then none.
+CONNECT_BURST = 300
 # The only proxy whose X-Forwarded-For is believed.
 PROXY = "127.0.0.9"
 ORIGIN = "https://app.example"
@@ -50,6 +56,11 @@ async def system(infra_urls: tuple[str, str]) -> AsyncIterator[System]:
         CHAT_AUTH_TIMEOUT_SECONDS=str(AUTH_TIMEOUT),
         CHAT_FRAMES_PER_SECOND=str(FRAMES_PER_SECOND),
         CHAT_FRAME_BURST=str(FRAME_BURST),
+        CHAT_ADDRESS_FRAMES_PER_SECOND=str(ADDRESS_FRAMES_PER_SECOND),
+        CHAT_ADDRESS_FRAME_BURST=str(ADDRESS_FRAME_BURST),
+        CHAT_ADDRESS_CONNECT_BURST=str(CONNECT_BURST),
+        # A token back every 100 s: none while the test opens its burst.
+        CHAT_ADDRESS_CONNECTS_PER_SECOND="0.01",
         CHAT_TRUSTED_PROXIES=PROXY,
         CHAT_ALLOWED_ORIGINS=f"{ORIGIN},https://web.example",
     ) as system:
@@ -303,3 +314,89 @@ async def test_a_flooding_connection_is_read_at_the_pace_and_nothing_is_refused(
     # lower bound, which a slow machine cannot break.
     assert all(e["code"] == "bad_request" for e in flooder.of("error")) and flooder.close_code is None
     assert took >= (frames - FRAME_BURST) / FRAMES_PER_SECOND * 0.9
+
+
+def pieces(frame: str, count: int) -> list[str]:
+    """`frame` cut into `count` pieces. websockets sends an iterable of pieces as one message,
+    a frame per piece and then an empty final frame: `count + 1` frames in all."""
+    cuts = [len(frame) * i // count for i in range(count + 1)]
+    return [frame[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
+async def test_a_message_in_too_many_fragments_closes_the_connection(connect: Connector) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    # At the limit (16 fragments, the default) a message is read as any other.
+    content = f"in pieces {uuid.uuid4().hex[:6]}"
+    frame = json.dumps(
+        {"event": "send_message", "data": {"chat_id": chat, "content": content, "tempId": "f1"}}
+    )
+    await alice.ws.send(iter(pieces(frame, 15)))
+    await bob.wait(lambda _: any(m["content"] == content for m in bob.messages()))
+    # One fragment more and the connection is refused, with the code, before the message is read.
+    fragmenter = await session(connect, address, unique("frag"))
+    await fragmenter.ws.send(iter(pieces(json.dumps({"event": "nope", "data": {"x": "y" * 40}}), 16)))
+    assert (await fragmenter.next("error"))["code"] == "too_many_fragments"
+    assert await fragmenter.wait_closed() == 1008
+    assert fragmenter.of("error")[1:] == []  # the message itself was never answered
+    await still_works(chat, alice, bob)
+
+
+async def test_frames_sent_in_one_burst_are_all_answered_in_order(connect: Connector) -> None:
+    """The gateway parses a burst a slice at a time (ws_protocol.py): frames that straddle the
+    slices, small and large, arrive whole and in order."""
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    sender = await session(connect, address, unique("burst"))
+    temp_ids = [f"t{n}" for n in range(60)]
+    # Sends to another user's chat: past the user's burst each is refused `rate_limited` at
+    # once, so those answers come back in the order the frames were read.
+    for n, temp_id in enumerate(temp_ids):
+        data = {"chat_id": chat, "content": "z" * (n * 157 % 9000 + 1), "tempId": temp_id}
+        await sender.ws.send(json.dumps({"event": "send_message", "data": data}))
+    await answered(sender, set(temp_ids))
+    refused_now = [e["tempId"] for e in sender.of("message_error") if e["code"] == "rate_limited"]
+    assert len(refused_now) >= len(temp_ids) - BURST - 1
+    assert refused_now == sorted(refused_now, key=temp_ids.index)
+    await still_works(chat, alice, bob)
+
+
+async def test_connections_opened_too_fast_from_one_address_are_refused_before_the_socket_opens(
+    connect: Connector,
+) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)  # two of the address's burst
+    port = int(connect.system.gateway_url().rsplit(":", 1)[1])
+    for _ in range(CONNECT_BURST - 2):
+        # Every TCP connection counts, whatever it goes on to send.
+        _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+        writer.close()
+        await writer.wait_closed()
+    with pytest.raises(websockets.InvalidStatus) as refused_with:
+        await open_socket(connect, address)
+    response = refused_with.value.response
+    assert response.status_code == 429
+    assert json.loads(response.body or b"{}")["code"] == "rate_limited"
+    # The address's open sessions carry on, and another address is not affected.
+    await still_works(chat, alice, bob)
+    await session(connect, fresh_address(), unique("other"))
+
+
+async def test_the_connections_of_one_address_share_one_read_pace(connect: Connector) -> None:
+    address = fresh_address()
+    flooders = [await session(connect, address, unique("flood")) for _ in range(2)]
+    # A pair elsewhere: the flood of one address must not slow it.
+    chat, alice, bob = await pair(connect, fresh_address())
+    frames = 100
+    started = time.perf_counter()
+    for _ in range(frames):
+        for flooder in flooders:
+            await flooder.send("nope", {})
+    await still_works(chat, alice, bob)
+    for flooder in flooders:
+        await flooder.wait(lambda _, f=flooder: len(f.of("error")) == frames)  # type: ignore[misc]
+    took = time.perf_counter() - started
+    # Each connection alone would be read in (100 - 10) / 50 s; the two together are held to
+    # the address's pace: a lower bound, which a slow machine cannot break.
+    assert took >= (2 * frames - ADDRESS_FRAME_BURST) / ADDRESS_FRAMES_PER_SECOND * 0.9
+    assert all(f.close_code is None for f in flooders)

@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     CHAT_NOT_FOUND = "chat_not_found"
     CONTENT_TOO_LONG = "content_too_long"
     FRAME_TOO_LARGE = "frame_too_large"
+    TOO_MANY_FRAGMENTS = "too_many_fragments"
     SLOW_CONSUMER = "slow_consumer"
     NOT_JOINED = "not_joined"
     RATE_LIMITED = "rate_limited"
@@ -52,12 +53,15 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     "(65,536 characters by default).",
     ErrorCode.FRAME_TOO_LARGE: "A frame is larger than the configured limit (1 MiB by default); the socket "
     "is closed with 1009.",
+    ErrorCode.TOO_MANY_FRAGMENTS: "A message came split into more WebSocket frames (continuation "
+    "fragments) than the configured limit (16 by default); the socket is closed with 1008.",
     ErrorCode.SLOW_CONSUMER: "The client did not read fast enough and its send buffer filled; the socket "
     "is closed with 1013 and the client catches up from its queue when it reconnects.",
     ErrorCode.NOT_JOINED: "`typing` for a chat this session has not joined with `join_chat`.",
     ErrorCode.RATE_LIMITED: "Too many frames of this kind: `typing` from one session, or `send_message` "
     "from one user on one gateway (all of the user's sessions there share the allowance); the frame "
-    "was dropped and nothing was stored, the connection stays open.",
+    "was dropped and nothing was stored, the connection stays open. Also new connections from one "
+    "address faster than the configured rate, answered HTTP 429 before any socket opens.",
     ErrorCode.NOT_A_CONTACT: "The caller shares no chat with that user, so may not see their presence.",
     ErrorCode.TOO_MANY_SESSIONS: "The user already holds the most sessions allowed on this gateway; the "
     "new connection is closed with 4429, the existing ones are unaffected.",
@@ -79,6 +83,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CHAT_NOT_FOUND: 404,
     ErrorCode.CONTENT_TOO_LONG: 422,
     ErrorCode.FRAME_TOO_LARGE: 413,
+    ErrorCode.TOO_MANY_FRAGMENTS: 400,
     ErrorCode.SLOW_CONSUMER: 503,
     ErrorCode.NOT_JOINED: 409,
     ErrorCode.RATE_LIMITED: 429,

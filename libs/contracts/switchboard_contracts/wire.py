@@ -112,9 +112,19 @@ class SendMessage(BaseModel):
     temp_id: TempId = Field(alias="tempId")
 
 
+# A UUID's canonical text is 36 characters; a little room for braces or a URN prefix is harmless.
+MESSAGE_ID_CHARS = 64
+
+
 class MessageReceived(BaseModel):
     # One acknowledgement may cover a whole flushed backlog page; 1,000 bounds the work per frame.
-    message_ids: Annotated[list[UUID], Field(min_length=1, max_length=1000)]
+    # Strings, not UUIDs: the gateway only looks each one up among the ids it sent this
+    # connection, so a made-up or malformed id is ignored at the cost of a set lookup, where
+    # parsing 1,000 UUIDs per frame was the gateway's largest cost under an acknowledgement flood.
+    message_ids: Annotated[
+        list[Annotated[str, StringConstraints(max_length=MESSAGE_ID_CHARS)]],
+        Field(min_length=1, max_length=1000),
+    ]
 
 
 class ChatRef(BaseModel):

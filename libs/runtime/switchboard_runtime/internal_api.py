@@ -15,7 +15,8 @@ __all__ = ["Caller", "Pool"]
 
 
 def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.runtime.pool
+    # The API's own pool, apart from the event pipeline's (settings.api_pool_size).
+    pool: asyncpg.Pool = request.app.state.runtime.api_pool
     return pool
 
 

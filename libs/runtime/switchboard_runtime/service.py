@@ -60,6 +60,8 @@ async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:
 class Runtime:
     bus: Bus
     pool: asyncpg.Pool | None = None
+    # The internal API's own connections (settings.api_pool_size): a bulkhead for the pipeline.
+    api_pool: asyncpg.Pool | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def ready(self) -> bool:
@@ -121,7 +123,10 @@ async def event_service(
     bus = Bus(settings.amqp_url, Topology(settings.namespace), source=service)
     await bus.connect()
     pool = await create_pool(settings.database_url, schema=service)
-    runtime = Runtime(bus=bus, pool=pool)
+    api_pool = await create_pool(
+        settings.database_url, schema=service, min_size=1, max_size=settings.api_pool_size
+    )
+    runtime = Runtime(bus=bus, pool=pool, api_pool=api_pool)
     consumer = EventConsumer(
         service=service,
         bus=bus,
@@ -142,6 +147,7 @@ async def event_service(
     finally:
         await cancel_all(runtime.tasks)
         await bus.close()
+        await api_pool.close()
         await pool.close()
         log.info("service stopped")
 

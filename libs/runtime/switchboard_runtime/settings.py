@@ -20,6 +20,11 @@ class CommonSettings(BaseSettings):
     # a 200-row commit is where asyncpg's insert rate levels off on this kind of machine.
     prefetch: int = Field(400, ge=1, le=10_000)
     batch_size: int = Field(200, ge=1, le=5_000)
+    # Database connections for the internal HTTP API (history, sync plans, membership checks),
+    # a pool apart from the event pipeline's: a burst of API calls (a thousand devices syncing
+    # at once, or a flood of them) then waits for its own connections and never holds up the
+    # consumer and the outbox relay. Six: each call is one short query.
+    api_pool_size: int = Field(6, ge=1, le=100)
     # How long an event id is remembered as processed. A redelivery comes within seconds or, after
     # an outage, hours; a week is far past both, and keeps the table from growing forever.
     processed_retention_hours: float = Field(168.0, gt=0)

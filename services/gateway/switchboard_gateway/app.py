@@ -26,6 +26,7 @@ from .rooms import Rooms
 from .routes import RouteConsumer
 from .settings import Settings
 from .ws import websocket_endpoint
+from .ws_protocol import paced_websocket_protocol
 
 __all__ = ["create_app", "main"]
 
@@ -44,7 +45,7 @@ async def heartbeat(gateway: Gateway) -> None:
         await asyncio.sleep(gateway.settings.heartbeat_seconds)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, limits: Limits | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -97,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Client API: WebSocket protocol v1 at /ws (docs/protocol.md) and the chat HTTP API below.",
         lifespan=lifespan,
     )
-    app.state.limits = Limits(settings)
+    app.state.limits = limits or Limits(settings)
     app.include_router(router)
     app.add_api_websocket_route("/ws", websocket_endpoint)
     install_error_handlers(app)
@@ -107,9 +108,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def main() -> None:
     settings = Settings()
+    # One set of limits for the HTTP protocol (connect rate on accept) and the application.
+    limits = Limits(settings)
     run_cli(
         SERVICE,
-        lambda: create_app(settings),
+        lambda: create_app(settings, limits),
         settings,
         port=settings.gateway_port,
         uvicorn_options={
@@ -123,9 +126,12 @@ def main() -> None:
             # every frame, and a compressed frame can expand far past the frame limit (a
             # "deflate bomb") before that limit is checked.
             "ws_per_message_deflate": False,
+            # uvicorn's WebSocket protocol, parsing no further ahead than the application reads
+            # and refusing messages cut into many fragments (ws_protocol.py).
+            "ws": paced_websocket_protocol(settings.max_fragments),
             # uvicorn's HTTP/1.1 protocol plus a deadline for each request head (slowloris);
             # pinned, so the deadline holds even where httptools is installed.
-            "http": header_deadline_protocol(settings.header_timeout_seconds),
+            "http": header_deadline_protocol(settings.header_timeout_seconds, limits),
             # X-Forwarded-For is believed only from the configured proxies. uvicorn's own default
             # trusts it from loopback, which would let anything on the host pick its address.
             "proxy_headers": bool(settings.trusted_proxies),

@@ -2,6 +2,7 @@
 
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from uuid import UUID
 
 import structlog
 from aiolimiter import AsyncLimiter
@@ -114,7 +115,9 @@ async def on_message_received(gateway: Gateway, session: Session, data: Any) -> 
     received = session.sent_of(ack.message_ids)
     if received:
         await gateway.publish(
-            DeliveryAcked(user_id=session.user_id, session_id=session.id, message_ids=received)
+            DeliveryAcked(
+                user_id=session.user_id, session_id=session.id, message_ids=[UUID(i) for i in received]
+            )
         )
 
 

@@ -7,12 +7,17 @@ at N times a limit anyway.
 - open WebSockets per client address (`too_many_connections`, close 4429);
 - sessions per user (`too_many_sessions`, close 4429);
 - `send_message` per user, a token bucket shared by the user's sessions (`rate_limited`);
+- `send_message` per client address (`rate_limited`);
+- frames read per connection and per client address (read more slowly past it, never refused);
+- new WebSockets per client address (`rate_limited`, HTTP 429 before the socket opens);
 - browser origins allowed to open a WebSocket (`origin_not_allowed`, HTTP 403 before accept);
 - a deadline for the head of every HTTP request, WebSocket upgrades included
   (`request_timeout`, HTTP 408): uvicorn has none of its own.
 """
 
 import asyncio
+import contextlib
+import ipaddress
 import time
 from collections import OrderedDict
 
@@ -109,6 +114,24 @@ class UserLimits:
             self._buckets.pop(user_id, None)
 
 
+def take_now(bucket: AsyncLimiter) -> bool:
+    """One unit of `bucket` if it has one, without waiting; False otherwise.
+
+    aiolimiter only offers an awaitable `acquire`, which completes without suspending when the
+    bucket has capacity; driving it one step here lets code that is not a coroutine (a
+    protocol's `connection_made`) take a token the same way.
+    """
+    if not bucket.has_capacity():
+        return False
+    step = bucket.acquire()
+    try:
+        step.send(None)
+    except StopIteration:
+        return True
+    step.close()  # it would have waited after all: nothing was taken
+    return False
+
+
 class Buckets:
     """A token bucket per key (a client address), made on first use. Past `most` keys the least
     recently used is forgotten; it comes back full, which only errs towards letting through."""
@@ -119,15 +142,40 @@ class Buckets:
         self.most = most
         self._buckets: OrderedDict[str, AsyncLimiter] = OrderedDict()
 
-    async def take(self, key: str) -> bool:
+    def of(self, key: str) -> AsyncLimiter:
+        """The key's bucket, to wait on rather than be refused by."""
         bucket = self._buckets.pop(key, None) or AsyncLimiter(self.burst, self.refill_seconds)
         self._buckets[key] = bucket  # now the most recently used
         if len(self._buckets) > self.most:
             self._buckets.popitem(last=False)
-        if not bucket.has_capacity():
-            return False
-        await bucket.acquire()  # it has capacity: returns at once
-        return True
+        return bucket
+
+    async def take(self, key: str) -> bool:
+        return self.take_now(key)
+
+    def take_now(self, key: str) -> bool:
+        """One token of the key's bucket, or False and nothing taken; callable outside a task."""
+        return take_now(self.of(key))
+
+
+class ReadPace:
+    """Waits before each frame is read until both the connection's pace and its address's allow.
+
+    Past either rate nothing is refused: the gateway reads that socket more slowly, so the
+    client's own TCP window fills and a flood costs the gateway no more than the rates allow.
+    """
+
+    def __init__(self, own: AsyncLimiter, address: AsyncLimiter | None) -> None:
+        self.own = own
+        self.address = address
+        # The most one frame may weigh (aiolimiter refuses more than a bucket holds).
+        self.most = own.max_rate if address is None else min(own.max_rate, address.max_rate)
+
+    async def take(self, amount: float = 1) -> None:
+        amount = min(amount, self.most)
+        await self.own.acquire(amount)
+        if self.address is not None:
+            await self.address.acquire(amount)
 
 
 def normalize_origin(origin: str) -> str:
@@ -148,29 +196,63 @@ class Limits:
         # `send_message` from all the users behind one address: many accounts from one host
         # cannot multiply the per-user allowance past this.
         self.address_sends = Buckets(settings.address_message_burst, settings.address_messages_per_second)
+        # Frames read from one address, all its connections together (each has its own pace too).
+        self.address_reads = Buckets(settings.address_frame_burst, settings.address_frames_per_second)
+        # New WebSockets from one address (a reconnect loop is work for three services).
+        self.address_connects = Buckets(settings.address_connect_burst, settings.address_connects_per_second)
+        # Only when proxies are trusted does a WebSocket's address differ from the TCP peer's,
+        # which the HTTP protocol already counted against `address_connects` on accept.
+        self.count_connects_per_socket = bool(settings.trusted_proxies)
+        self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
+        self.frame_burst = settings.frame_burst
+        self.frames_per_second = settings.frames_per_second
+
+    def read_pace(self, address: str | None) -> "ReadPace":
+        """How fast one new connection's frames are read (docs/protocol.md section 9)."""
+        own = AsyncLimiter(self.frame_burst, self.frame_burst / self.frames_per_second)
+        return ReadPace(own, self.address_reads.of(address) if address is not None else None)
+
+    def connect_allowed(self, peer: str) -> bool:
+        """A new TCP connection from `peer`: counted against its address's connect rate, unless
+        it is a trusted proxy (its clients are counted one by one at their handshakes)."""
+        if self.trusted_proxies:
+            with contextlib.suppress(ValueError):
+                if any(ipaddress.ip_address(peer) in net for net in self.trusted_proxies):
+                    return True
+        return self.address_connects.take_now(peer)
 
     def origin_allowed(self, origin: str | None) -> bool:
         """No list: any origin. No Origin header: not a browser, so not a cross-site page either."""
         return not self.origins or origin is None or normalize_origin(origin) in self.origins
 
 
-def _timeout_response() -> bytes:
-    body = orjson.dumps(
-        {
-            "code": ErrorCode.REQUEST_TIMEOUT.value,
-            "message": "the request line and headers did not arrive in time",
-        }
+def _raw_response(status: str, code: ErrorCode, message: str, *headers: str) -> bytes:
+    """A whole HTTP/1.1 answer with the JSON error body, written before uvicorn parses anything."""
+    body = orjson.dumps({"code": code.value, "message": message})
+    head = "".join(
+        f"{line}\r\n"
+        for line in (
+            f"HTTP/1.1 {status}",
+            "content-type: application/json",
+            f"content-length: {len(body)}",
+            *headers,
+            "connection: close",
+        )
     )
-    head = (
-        "HTTP/1.1 408 Request Timeout\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
-    )
-    return head.encode() + body
+    return f"{head}\r\n".encode() + body
 
 
-REQUEST_TIMEOUT_RESPONSE = _timeout_response()
+REQUEST_TIMEOUT_RESPONSE = _raw_response(
+    "408 Request Timeout",
+    ErrorCode.REQUEST_TIMEOUT,
+    "the request line and headers did not arrive in time",
+)
+TOO_FAST_RESPONSE = _raw_response(
+    "429 Too Many Requests",
+    ErrorCode.RATE_LIMITED,
+    "this address opens connections too fast; reconnect with back-off",
+    "retry-after: 1",
+)
 
 
 class HeaderDeadlineProtocol(H11Protocol):
@@ -191,10 +273,18 @@ class HeaderDeadlineProtocol(H11Protocol):
     """
 
     header_timeout: float = 10.0
+    limits: "Limits | None" = None
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # New connections from one address past its rate are answered before anything is read:
+        # a reconnect loop then costs the gateway an accept and a write, not a handshake.
+        peer = transport.get_extra_info("peername")
+        if self.limits is not None and isinstance(peer, tuple) and not self.limits.connect_allowed(peer[0]):
+            transport.write(TOO_FAST_RESPONSE)
+            transport.close()
+            return
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -234,6 +324,8 @@ class HeaderDeadlineProtocol(H11Protocol):
         self.transport.close()
 
 
-def header_deadline_protocol(seconds: float) -> type[HeaderDeadlineProtocol]:
-    """The protocol class for uvicorn's `http` option, with this deadline."""
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": seconds})
+def header_deadline_protocol(seconds: float, limits: Limits | None = None) -> type[HeaderDeadlineProtocol]:
+    """The protocol class for uvicorn's `http` option, with this deadline and connect limit."""
+    return type(
+        "HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": seconds, "limits": limits}
+    )

@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import structlog
 from aiolimiter import AsyncLimiter
@@ -149,9 +149,17 @@ class Session:
         """A message at or below what a catch-up already sent for its chat."""
         return routed.seq is not None and routed.seq <= self._flushed_seq.get(routed.chat_id or "", 0)
 
-    def sent_of(self, message_ids: Iterable[UUID]) -> list[UUID]:
-        """Those of these messages this session has sent to its client (the last RECENT_IDS)."""
-        return [message_id for message_id in message_ids if str(message_id) in self._sent_ids]
+    def sent_of(self, message_ids: Iterable[str]) -> list[str]:
+        """Those of these ids this session has sent to its client (the last RECENT_IDS), in the
+        canonical form it sent them; any other string, well-formed or not, is left out."""
+        sent = self._sent_ids
+        found = []
+        for message_id in message_ids:
+            if message_id in sent:
+                found.append(message_id)
+            elif (lowered := message_id.lower()) in sent:  # a client that upper-cases UUIDs
+                found.append(lowered)
+        return found
 
     def _push_message(self, message_id: str | None, frame: bytes) -> None:
         if message_id is not None:

@@ -32,6 +32,10 @@ class Settings(CommonSettings):
     # The internal API of the presence service (who is online, for users sharing a chat).
     presence_url: str = "http://127.0.0.1:8003"
     max_frame_bytes: int = Field(1024 * 1024, ge=1024)
+    # WebSocket frames one message may be split into. Browsers and mobile libraries send a
+    # message in one frame, a few send big ones in several large pieces; every frame costs a
+    # parse in Python, so a message in thousands of 1-byte fragments is an attack (ws_protocol.py).
+    max_fragments: int = Field(16, ge=1)
     max_content_chars: int = Field(65_536, ge=1)
     # A client that opens a socket must authenticate within this time or be closed (4401).
     auth_timeout_seconds: float = Field(10.0, gt=0)
@@ -113,8 +117,28 @@ class Settings(CommonSettings):
     # refused: a flooding client only slows itself, and costs the gateway at most this rate.
     frames_per_second: float = Field(20.0, gt=0)
     frame_burst: int = Field(200, ge=1)
-    # `send_message` from all the connections of one client address together: 100 a second
-    # with a burst of 200 serves an office or carrier NAT of hundreds of people chatting, while
-    # a host with many accounts cannot multiply the per-user allowance into a flood.
-    address_message_burst: int = Field(200, ge=1)
-    address_messages_per_second: float = Field(100.0, gt=0)
+    # `send_message` from all the connections of one client address together: 20 a second
+    # (1,200 a minute) with a burst of 100 serves an office NAT of hundreds of people chatting,
+    # while a host with many accounts cannot multiply the per-user allowance into a flood:
+    # each refused send still costs the messages service a lookup and an answer, and 100 a
+    # second of them from one host doubled everyone's latency in the attack run
+    # (docs/reliability.md section 7). Behind a load balancer, trust it (CHAT_TRUSTED_PROXIES)
+    # so that each client address counts, not the balancer's.
+    address_message_burst: int = Field(100, ge=1)
+    address_messages_per_second: float = Field(20.0, gt=0)
+    # Frames read from all the connections of one client address together, on top of the pace
+    # of each: without it, a host's hundred connections are a hundred times one connection's
+    # pace of parsing for the one event loop every user of the gateway shares. 500 a second
+    # (a burst of 400) is hundreds of people behind one NAT chatting and acknowledging; past
+    # it those sockets are read more slowly, nothing is refused.
+    address_frames_per_second: float = Field(500.0, gt=0)
+    address_frame_burst: int = Field(400, ge=1)
+    # New TCP connections from one client address (WebSockets and HTTP alike; behind trusted
+    # proxies, WebSockets per forwarded client address). Every authenticated WebSocket binds a
+    # route at the broker and tells presence, so a reconnect loop is work for three services,
+    # and the first seconds of a connection flood were what most slowed everyone else in the
+    # attack run (docs/reliability.md section 7). A burst of 50, then 10 a second: a NAT's
+    # users come back after a gateway restart at that pace (clients back off with jitter),
+    # while one host's loop is answered HTTP 429 `rate_limited` before anything is parsed.
+    address_connect_burst: int = Field(50, ge=1)
+    address_connects_per_second: float = Field(10.0, gt=0)

@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 import structlog
-from aiolimiter import AsyncLimiter
 from fastapi import WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -33,10 +32,9 @@ from switchboard_contracts.wire import (
 from .auth import AuthError
 from .context import Gateway
 from .handlers import FRAME_HANDLERS, temp_id_of
-from .limits import Limits
+from .limits import Limits, ReadPace
 from .metrics import FRAMES
 from .sessions import Session
-from .settings import Settings
 
 __all__ = ["websocket_endpoint"]
 
@@ -55,11 +53,22 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     gateway: Gateway = ws.app.state.gateway
     limits: Limits = ws.app.state.limits
     if not limits.origin_allowed(ws.headers.get("origin")):
-        await _deny_origin(ws)
+        message = "this origin may not open a WebSocket to this server (CHAT_ALLOWED_ORIGINS)"
+        await _deny(ws, ErrorCode.ORIGIN_NOT_ALLOWED, message)
         return
     # The peer, or the client a trusted proxy names (uvicorn's proxy headers; docs/protocol.md
     # 2.4). A Unix socket has no address: only network peers are counted.
     address = ws.client.host if ws.client else None
+    # Behind trusted proxies the client's own address is known only now (direct peers were
+    # counted when their TCP connection was accepted, limits.HeaderDeadlineProtocol).
+    if (
+        address is not None
+        and limits.count_connects_per_socket
+        and not await limits.address_connects.take(address)
+    ):
+        message = "this address opens connections too fast; reconnect with back-off"
+        await _deny(ws, ErrorCode.RATE_LIMITED, message)
+        return
     if address is not None and not limits.addresses.take(address):
         with contextlib.suppress(Exception):
             await ws.accept()
@@ -77,10 +86,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             limits.addresses.give_back(address)
 
 
-async def _deny_origin(ws: WebSocket) -> None:
-    """HTTP 403 before the WebSocket opens: the cross-site page never gets a socket at all."""
-    code = ErrorCode.ORIGIN_NOT_ALLOWED
-    message = "this origin may not open a WebSocket to this server (CHAT_ALLOWED_ORIGINS)"
+async def _deny(ws: WebSocket, code: ErrorCode, message: str) -> None:
+    """An HTTP answer (403, 429) before the WebSocket opens: no socket, no session, no work."""
     response = JSONResponse({"code": code.value, "message": message}, status_code=HTTP_STATUS[code])
     try:
         await ws.send_denial_response(response)
@@ -88,20 +95,11 @@ async def _deny_origin(ws: WebSocket) -> None:
         await ws.close()  # a server without the denial-response extension answers a bare 403
 
 
-def _read_pace(settings: Settings) -> AsyncLimiter:
-    """How fast the gateway reads one connection's frames (docs/protocol.md section 9).
-
-    Past the rate nothing is refused: the gateway simply reads that socket more slowly, so the
-    client's own TCP window fills and a flood costs the gateway no more than the rate allows.
-    """
-    return AsyncLimiter(settings.frame_burst, settings.frame_burst / settings.frames_per_second)
-
-
 async def _serve(gateway: Gateway, limits: Limits, ws: WebSocket) -> None:
     await ws.accept()
     session: Session | None = None
     counted: str | None = None  # the user whose session count this connection holds
-    pace = _read_pace(gateway.settings)
+    pace = limits.read_pace(ws.client.host if ws.client else None)
     try:
         user_id, device_id = await _authenticate(gateway, ws, pace)
         if not limits.users.open(user_id):
@@ -197,7 +195,7 @@ async def _credentials(ws: WebSocket, data: Any) -> UserAuthenticated:
         raise await _refuse_token(ws, 'data must be {"token": "<jwt>"}') from None
 
 
-async def _authenticate(gateway: Gateway, ws: WebSocket, pace: AsyncLimiter) -> tuple[str, str | None]:
+async def _authenticate(gateway: Gateway, ws: WebSocket, pace: ReadPace) -> tuple[str, str | None]:
     token = _handshake_token(ws)
     if token is not None:
         auth = await _credentials(ws, {"token": token or "-", "device_id": ws.query_params.get("device_id")})
@@ -228,10 +226,10 @@ async def _authenticate(gateway: Gateway, ws: WebSocket, pace: AsyncLimiter) -> 
         raise await _refuse_token(ws, "no authentication within the time allowed") from None
 
 
-async def _read(gateway: Gateway, ws: WebSocket, pace: AsyncLimiter) -> ClientFrame | bytes:
+async def _read(gateway: Gateway, ws: WebSocket, pace: ReadPace) -> ClientFrame | bytes:
     """The next frame, or the `error` frame that answers a malformed one."""
     limit = gateway.settings.max_frame_bytes
-    await pace.acquire()
+    await pace.take()
     message = await ws.receive()
     if message["type"] == "websocket.disconnect":
         raise Closed
@@ -254,8 +252,8 @@ async def _read(gateway: Gateway, ws: WebSocket, pace: AsyncLimiter) -> ClientFr
     except ValueError:
         reason = 'a frame is an object {"event": "<name>", "data": {...}}'
     else:
-        if extra := _extra_cost(frame, pace.max_rate):
-            await pace.acquire(extra)  # an acknowledgement of many ids is that much more work
+        if extra := _extra_cost(frame):
+            await pace.take(extra)  # an acknowledgement of many ids is that much more work
         return frame
     return error_frame(ErrorCode.BAD_REQUEST, reason)
 
@@ -265,11 +263,11 @@ async def _read(gateway: Gateway, ws: WebSocket, pace: AsyncLimiter) -> ClientFr
 IDS_PER_UNIT = 100
 
 
-def _extra_cost(frame: ClientFrame, most: float) -> int:
+def _extra_cost(frame: ClientFrame) -> int:
     ids = frame.data.get("message_ids") if isinstance(frame.data, dict) else None
     if frame.event != "message_received" or not isinstance(ids, list):
         return 0
-    return int(min(len(ids) // IDS_PER_UNIT, most))
+    return len(ids) // IDS_PER_UNIT
 
 
 async def _dispatch(gateway: Gateway, limits: Limits, session: Session, frame: ClientFrame) -> None:

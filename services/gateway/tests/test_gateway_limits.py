@@ -44,3 +44,15 @@ def test_origins_are_checked_only_when_listed_and_only_for_browsers() -> None:
     assert listed.origin_allowed(None)
     assert not listed.origin_allowed("https://evil.example")
     assert not listed.origin_allowed("null")
+
+
+async def test_connects_are_counted_per_address_and_trusted_proxies_are_not() -> None:
+    limits = Limits(
+        Settings(address_connect_burst=2, address_connects_per_second=0.001, trusted_proxies="10.0.0.0/8")
+    )
+    assert limits.connect_allowed("192.0.2.1") and limits.connect_allowed("192.0.2.1")
+    assert not limits.connect_allowed("192.0.2.1")  # the burst is spent, nothing refills soon
+    assert limits.connect_allowed("192.0.2.2")  # another address has its own bucket
+    # A proxy carries many clients: they are counted at their handshakes instead.
+    assert all(limits.connect_allowed("10.1.2.3") for _ in range(5))
+    assert limits.count_connects_per_socket

@@ -220,3 +220,16 @@ async def test_held_live_messages_do_not_block_room_for_a_catch_up() -> None:
     await asyncio.wait_for(session.room(), 5)
     assert not session.closed
     await session.stop()
+
+
+async def test_only_ids_sent_on_this_connection_count_as_acknowledged() -> None:
+    sink = Sink()
+    session = session_for(sink, buffer_limit=10)
+    sent = "9f56696e-fbe8-44cb-b29a-3769ddcae750"
+    session.deliver(flush(session, sent, 1))
+    session.deliver(done(session, 1))
+    await sink.until(lambda: len(sink.frames) == 2)
+    # Made-up, malformed and upper-cased ids: only the last names a message this connection got.
+    asked = ["00000000-0000-0000-0000-000000000000", "not an id", "", sent.upper()]
+    assert session.sent_of(asked) == [sent]
+    await session.stop()

@@ -1,0 +1,88 @@
+"""uvicorn's WebSocket protocol, made to parse no further ahead of the application than it reads.
+
+uvicorn hands every chunk the socket yields (up to 256 KiB) to the WebSocket parser at once and
+queues every message in it, without bound, before it pauses reading. The parser is Python: a
+chunk of tiny frames is tens of thousands of frames parsed in one go, with the event loop, and
+so every other connection, waiting. The per-connection read pace (ws.py) came too late to help:
+it only slowed how fast the application took messages already parsed and queued.
+
+Here the bytes are kept unparsed and fed to the parser a slice at a time, only while the
+application has no message waiting; when one is queued, reading stops until the application
+takes it. So a connection costs parse work in step with the pace it is read at, and what it can
+hold in the gateway is one chunk of bytes and one message.
+
+A message split into many fragments (RFC 6455 continuation frames) is parsed frame by frame
+before the application sees anything. Real clients send a message in one frame, or a few large
+ones; past `max_fragments` the connection is closed with 1008 `too_many_fragments`.
+"""
+
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
+
+from switchboard_contracts.errors import ErrorCode
+from switchboard_contracts.wire import error_frame
+
+__all__ = ["PacedWebSocketProtocol", "paced_websocket_protocol"]
+
+# Parse at most this much before looking again whether the application has a message waiting:
+# 4 KiB of the smallest frames is a few hundred, a millisecond or two of parsing.
+FEED_BYTES = 4096
+# RFC 6455 1008 "policy violation".
+WS_CLOSE_POLICY = 1008
+
+
+class PacedWebSocketProtocol(WebSocketsSansIOProtocol):
+    max_fragments: int = 16
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unparsed = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self._unparsed += data
+        self._parse()
+
+    async def receive(self) -> Any:
+        message = await super().receive()  # resumes reading once nothing is left waiting
+        if self._unparsed and self.queue.empty():
+            self._parse()
+        return message
+
+    def _parse(self) -> None:
+        # `read_paused` is set (and reading paused) as soon as a message is queued.
+        while self._unparsed and not self.read_paused:
+            if self.transport.is_closing():
+                self._unparsed.clear()
+                return
+            chunk = bytes(self._unparsed[:FEED_BYTES])
+            del self._unparsed[:FEED_BYTES]
+            self.conn.receive_data(chunk)
+            if self.conn.parser_exc is not None:
+                self._unparsed.clear()
+                self.handle_parser_exception()
+                return
+            self.handle_events()
+        # Either all is parsed, or a message is waiting and reading is paused: the rest stays
+        # unparsed and the socket unread until the application takes it (`receive`).
+
+    def handle_cont(self, event: Frame) -> None:
+        if len(self.frames) >= self.max_fragments and not self.close_sent:
+            self._refuse_fragments()
+            return
+        super().handle_cont(event)
+
+    def _refuse_fragments(self) -> None:
+        self.frames = []
+        self._unparsed.clear()
+        code = ErrorCode.TOO_MANY_FRAGMENTS
+        message = f"a message may come in at most {self.max_fragments} frames (fragments)"
+        self.conn.send_text(error_frame(code, message))
+        self.conn.fail(WS_CLOSE_POLICY, code.value)
+        self.handle_parser_exception()  # tells the application, writes the close, closes
+
+
+def paced_websocket_protocol(max_fragments: int) -> type[PacedWebSocketProtocol]:
+    """The protocol class for uvicorn's `ws` option, with this fragment limit."""
+    return type("PacedWebSocketProtocol", (PacedWebSocketProtocol,), {"max_fragments": max_fragments})

@@ -8,7 +8,8 @@ fragment floods, slowloris handshakes, frame floods, sockets that never authenti
 frames and compression offers. It prints the gateway's RSS before, at the attack's peak and
 after, and the legitimate users' send-to-receive p50/p99 in both phases, and exits 1 when RSS
 after the attack is more than 50 MB above before, the attack p99 is more than twice the
-baseline p99, or a legitimate message was lost. Loopback only; bounded by --seconds.
+baseline p99, or a legitimate message was lost. `--short` (run by scripts/test, so CI) is the
+same with 10-s phases, and does not fail on the p99 ratio. Loopback only; bounded by --seconds.
 
 The gateway runs with its production abuse limits (the test system raises them), each
 overridable from the environment (`CHAT_ADDRESS_CONNECT_BURST=...`); the attacker process runs
@@ -53,6 +54,8 @@ def production_limits() -> dict[str, str]:
         "address_messages_per_second",
         "address_frame_burst",
         "address_frames_per_second",
+        "address_sync_burst",
+        "address_syncs_per_second",
         "address_connect_burst",
         "address_connects_per_second",
     ]
@@ -137,7 +140,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def run(seconds: float, hostile: int, rate: float) -> bool:
+async def run(seconds: float, hostile: int, rate: float, latency_gate: bool = True) -> bool:
     amqp = os.environ.get("CHAT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     database = os.environ.get(
         "CHAT_DATABASE_URL", "postgresql://switchboard:switchboard@127.0.0.1:5432/switchboard"
@@ -232,7 +235,7 @@ async def run(seconds: float, hostile: int, rate: float) -> bool:
     return (
         alive
         and after - before <= RSS_SLACK_MB
-        and a99 <= P99_RATIO * b99
+        and (a99 <= P99_RATIO * b99 or not latency_gate)
         and not (baseline_lost + attacked_lost)
     )
 
@@ -321,8 +324,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="each phase; at most 600")
     parser.add_argument("--hostile", type=int, default=100, choices=range(1, 1001), metavar="1..1000")
     parser.add_argument("--rate", type=float, default=20.0, help="legitimate messages per second")
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="CI's form: 10 s phases; fails on a crash, a lost message or RSS growth, and prints"
+        " the p99 ratio without failing on it (ten seconds of a noisy machine cannot judge a p99)",
+    )
     args = parser.parse_args()
-    ok = asyncio.run(run(min(args.seconds, 600.0), args.hostile, args.rate))
+    seconds = 10.0 if args.short else min(args.seconds, 600.0)
+    ok = asyncio.run(run(seconds, args.hostile, args.rate, latency_gate=not args.short))
     sys.exit(0 if ok else 1)
 
 

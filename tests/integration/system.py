@@ -131,6 +131,8 @@ class System:
             CHAT_ADDRESS_MESSAGE_BURST="1000000",
             CHAT_ADDRESS_MESSAGES_PER_SECOND="1000000",
             CHAT_ADDRESS_FRAME_BURST="1000000",
+            CHAT_ADDRESS_SYNC_BURST="1000000",
+            CHAT_ADDRESS_SYNCS_PER_SECOND="1000000",
             CHAT_ADDRESS_FRAMES_PER_SECOND="1000000",
             # Every test client connects from 127.0.0.1, dozens of them at once.
             CHAT_ADDRESS_CONNECT_BURST="1000000",

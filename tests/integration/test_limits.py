@@ -34,6 +34,8 @@ FRAME_BURST = 10
 # Frames read per second from all the connections of one address together, and their burst.
 ADDRESS_FRAMES_PER_SECOND = 60.0
 ADDRESS_FRAME_BURST = 10
+# `sync` from one address: a burst of four, then none.
+ADDRESS_SYNC_BURST = 4
 # New TCP connections from one address: a burst the harness's own calls from 127.0.0.1 never
 # reach in this module, then none.
 CONNECT_BURST = 300
@@ -58,6 +60,8 @@ async def system(infra_urls: tuple[str, str]) -> AsyncIterator[System]:
         CHAT_FRAME_BURST=str(FRAME_BURST),
         CHAT_ADDRESS_FRAMES_PER_SECOND=str(ADDRESS_FRAMES_PER_SECOND),
         CHAT_ADDRESS_FRAME_BURST=str(ADDRESS_FRAME_BURST),
+        CHAT_ADDRESS_SYNC_BURST=str(ADDRESS_SYNC_BURST),
+        CHAT_ADDRESS_SYNCS_PER_SECOND="0.01",
         CHAT_ADDRESS_CONNECT_BURST=str(CONNECT_BURST),
         # A token back every 100 s: none while the test opens its burst.
         CHAT_ADDRESS_CONNECTS_PER_SECOND="0.01",
@@ -400,3 +404,26 @@ async def test_the_connections_of_one_address_share_one_read_pace(connect: Conne
     # the address's pace: a lower bound, which a slow machine cannot break.
     assert took >= (2 * frames - ADDRESS_FRAME_BURST) / ADDRESS_FRAMES_PER_SECOND * 0.9
     assert all(f.close_code is None for f in flooders)
+
+
+async def test_syncs_past_the_addresss_allowance_are_refused_whatever_the_connection(
+    connect: Connector,
+) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    first, second = [await session(connect, address, unique("sync")) for _ in range(2)]
+    # Three from one connection (its own limit), one from the other: the address's four.
+    for client, times in ((first, 3), (second, 1)):
+        for n in range(times):
+            await client.send("sync", {"chats": {}})
+            await client.wait(lambda _, c=client, n=n: len(c.of("sync_done")) == n + 1)  # type: ignore[misc]
+    # The second connection has syncs left of its own, but the address has none.
+    await second.send("sync", {"chats": {}})
+    refusal = await second.next("error")
+    assert refusal["code"] == "rate_limited" and "address" in refusal["message"]
+    assert second.close_code is None
+    # Another address still syncs, and the refused address's sessions still chat.
+    other = await session(connect, fresh_address(), unique("sync-other"))
+    await other.send("sync", {"chats": {}})
+    await other.next("sync_done")
+    await still_works(chat, alice, bob)

@@ -7,7 +7,7 @@ at N times a limit anyway.
 - open WebSockets per client address (`too_many_connections`, close 4429);
 - sessions per user (`too_many_sessions`, close 4429);
 - `send_message` per user, a token bucket shared by the user's sessions (`rate_limited`);
-- `send_message` per client address (`rate_limited`);
+- `send_message` and `sync` per client address (`rate_limited`);
 - frames read per connection and per client address (read more slowly past it, never refused);
 - new WebSockets per client address (`rate_limited`, HTTP 429 before the socket opens);
 - browser origins allowed to open a WebSocket (`origin_not_allowed`, HTTP 403 before accept);
@@ -196,6 +196,8 @@ class Limits:
         # `send_message` from all the users behind one address: many accounts from one host
         # cannot multiply the per-user allowance past this.
         self.address_sends = Buckets(settings.address_message_burst, settings.address_messages_per_second)
+        # `sync` from one address, all its connections together (each has its own limit too).
+        self.address_syncs = Buckets(settings.address_sync_burst, settings.address_syncs_per_second)
         # Frames read from one address, all its connections together (each has its own pace too).
         self.address_reads = Buckets(settings.address_frame_burst, settings.address_frames_per_second)
         # New WebSockets from one address (a reconnect loop is work for three services).

@@ -282,6 +282,14 @@ async def _dispatch(gateway: Gateway, limits: Limits, session: Session, frame: C
         reason = "send_message: too many messages; send it again later with the same tempId"
         session.push(message_error_frame(temp_id_of(frame.data), ErrorCode.RATE_LIMITED, reason))
         return
+    # A sync is the costliest request; the handler limits each connection, this the address.
+    if (
+        frame.event == "sync"
+        and session.address is not None
+        and not await limits.address_syncs.take(session.address)
+    ):
+        session.push(error_frame(ErrorCode.RATE_LIMITED, "sync: too many from your address; retry later"))
+        return
     if handler is None:
         reason = (
             "already authenticated"

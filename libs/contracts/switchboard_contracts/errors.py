@@ -11,6 +11,7 @@ __all__ = [
     "HTTP_STATUS",
     "WS_CLOSE_FRAME_TOO_LARGE",
     "WS_CLOSE_INVALID_TOKEN",
+    "WS_CLOSE_POLICY",
     "WS_CLOSE_TOO_MANY",
     "ErrorCode",
 ]
@@ -97,6 +98,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 
 # 4401 mirrors HTTP 401 in the 4000-4999 range RFC 6455 leaves to applications.
 WS_CLOSE_INVALID_TOKEN = 4401
+# 1008 is RFC 6455's "policy violation": refused for what was sent (a bad device_id, a message
+# in too many fragments), not for the token.
+WS_CLOSE_POLICY = 1008
 # 1009 is RFC 6455's "message too big".
 WS_CLOSE_FRAME_TOO_LARGE = 1009
 # A connection refused for a limit (too many sessions or connections), mirroring HTTP 429 like

@@ -25,6 +25,7 @@ from switchboard_runtime.http_errors import ApiError
 
 from .context import Gateway
 from .internal import call
+from .limits import take_now
 from .sessions import Session
 from .sync import run_sync
 
@@ -167,10 +168,9 @@ async def on_typing(gateway: Gateway, session: Session, data: Any) -> None:
         session.typing_limit = AsyncLimiter(
             settings.typing_burst, settings.typing_burst / settings.typing_per_second
         )
-    if not session.typing_limit.has_capacity():
+    if not take_now(session.typing_limit):
         session.push(error_frame(ErrorCode.RATE_LIMITED, "typing: too many typing frames; slow down"))
         return
-    await session.typing_limit.acquire()  # has capacity: returns at once
     await gateway.rooms.typing(session, chat_id, typing.is_typing)
 
 
@@ -183,10 +183,9 @@ async def on_sync(gateway: Gateway, session: Session, data: Any) -> None:
     if session.sync_limit is None:
         # A device syncs once per connection; a few more are a client's retries, not a need.
         session.sync_limit = AsyncLimiter(SYNC_BURST, SYNC_BURST * SYNC_SECONDS)
-    if not session.sync_limit.has_capacity():
+    if not take_now(session.sync_limit):
         session.push(error_frame(ErrorCode.RATE_LIMITED, f"sync: at most one per {SYNC_SECONDS} s"))
         return
-    await session.sync_limit.acquire()  # has capacity: returns at once
     # In the background: the session keeps reading frames (acks, sends) while it replays.
     session.start_sync(
         run_sync(gateway, session, request), {str(chat): seq for chat, seq in request.chats.items()}

@@ -99,10 +99,7 @@ class UserLimits:
         bucket = self._buckets.get(user_id)
         if bucket is None:
             bucket = self._buckets[user_id] = AsyncLimiter(self.burst, self.refill_seconds)
-        if not bucket.has_capacity():
-            return False
-        await bucket.acquire()  # it has capacity: returns at once
-        return True
+        return take_now(bucket)
 
     def _forget_refilled(self) -> None:
         now = time.monotonic()
@@ -150,10 +147,7 @@ class Buckets:
             self._buckets.popitem(last=False)
         return bucket
 
-    async def take(self, key: str) -> bool:
-        return self.take_now(key)
-
-    def take_now(self, key: str) -> bool:
+    def take(self, key: str) -> bool:
         """One token of the key's bucket, or False and nothing taken; callable outside a task."""
         return take_now(self.of(key))
 
@@ -202,12 +196,15 @@ class Limits:
         self.address_reads = Buckets(settings.address_frame_burst, settings.address_frames_per_second)
         # New WebSockets from one address (a reconnect loop is work for three services).
         self.address_connects = Buckets(settings.address_connect_burst, settings.address_connects_per_second)
-        # Only when proxies are trusted does a WebSocket's address differ from the TCP peer's,
-        # which the HTTP protocol already counted against `address_connects` on accept.
-        self.count_connects_per_socket = bool(settings.trusted_proxies)
         self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         self.frame_burst = settings.frame_burst
         self.frames_per_second = settings.frames_per_second
+
+    @property
+    def count_connects_per_socket(self) -> bool:
+        """Only when proxies are trusted does a WebSocket's address differ from the TCP peer's,
+        which the HTTP protocol already counted against `address_connects` on accept."""
+        return bool(self.trusted_proxies)
 
     def read_pace(self, address: str | None) -> "ReadPace":
         """How fast one new connection's frames are read (docs/protocol.md section 9)."""
@@ -221,7 +218,7 @@ class Limits:
             with contextlib.suppress(ValueError):
                 if any(ipaddress.ip_address(peer) in net for net in self.trusted_proxies):
                     return True
-        return self.address_connects.take_now(peer)
+        return self.address_connects.take(peer)
 
     def origin_allowed(self, origin: str | None) -> bool:
         """No list: any origin. No Origin header: not a browser, so not a cross-site page either."""

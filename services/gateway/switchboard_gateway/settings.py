@@ -133,13 +133,6 @@ class Settings(CommonSettings):
     # it those sockets are read more slowly, nothing is refused.
     address_frames_per_second: float = Field(500.0, gt=0)
     address_frame_burst: int = Field(400, ge=1)
-    # New TCP connections from one client address (WebSockets and HTTP alike; behind trusted
-    # proxies, WebSockets per forwarded client address). Every authenticated WebSocket binds a
-    # route at the broker and tells presence, so a reconnect loop is work for three services,
-    # and the first seconds of a connection flood were what most slowed everyone else in the
-    # attack run (docs/reliability.md section 7). A burst of 20, then 10 a second: a NAT's
-    # users come back after a gateway restart at that pace (clients back off with jitter),
-    # while one host's loop is answered HTTP 429 `rate_limited` before anything is parsed.
     # `sync` from all the connections of one client address together, on top of the limit per
     # connection (3, then one per 10 s): each plans every chat of the user in the messages
     # service and pages history, the costliest thing a client asks for, and a hundred
@@ -147,5 +140,12 @@ class Settings(CommonSettings):
     # then 2 a second: a NAT's devices coming back still sync, spread over a few seconds.
     address_sync_burst: int = Field(20, ge=1)
     address_syncs_per_second: float = Field(2.0, gt=0)
+    # New TCP connections from one client address (WebSockets and HTTP alike; behind trusted
+    # proxies, WebSockets per forwarded client address). Every authenticated WebSocket binds a
+    # route at the broker and tells presence, so a reconnect loop is work for three services,
+    # and the first seconds of a connection flood were what most slowed everyone else in the
+    # attack run (docs/reliability.md section 7). A burst of 20, then 10 a second: a NAT's
+    # users come back after a gateway restart at that pace (clients back off with jitter),
+    # while one host's loop is answered HTTP 429 `rate_limited` before anything is parsed.
     address_connect_burst: int = Field(20, ge=1)
     address_connects_per_second: float = Field(10.0, gt=0)

@@ -17,6 +17,7 @@ from switchboard_contracts.errors import (
     HTTP_STATUS,
     WS_CLOSE_FRAME_TOO_LARGE,
     WS_CLOSE_INVALID_TOKEN,
+    WS_CLOSE_POLICY,
     WS_CLOSE_TOO_MANY,
     ErrorCode,
 )
@@ -41,10 +42,6 @@ __all__ = ["websocket_endpoint"]
 log = structlog.get_logger()
 
 
-# RFC 6455 1008 "policy violation": the connection is refused for what it sent, not for its token.
-WS_CLOSE_POLICY = 1008
-
-
 class Closed(Exception):
     """The client went away, or was sent away."""
 
@@ -61,11 +58,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     address = ws.client.host if ws.client else None
     # Behind trusted proxies the client's own address is known only now (direct peers were
     # counted when their TCP connection was accepted, limits.HeaderDeadlineProtocol).
-    if (
-        address is not None
-        and limits.count_connects_per_socket
-        and not await limits.address_connects.take(address)
-    ):
+    if address is not None and limits.count_connects_per_socket and not limits.address_connects.take(address):
         message = "this address opens connections too fast; reconnect with back-off"
         await _deny(ws, ErrorCode.RATE_LIMITED, message)
         return
@@ -277,7 +270,7 @@ async def _dispatch(gateway: Gateway, limits: Limits, session: Session, frame: C
     # what is stored. Refused before anything is published, so nothing of it is stored.
     if frame.event == "send_message" and not (
         await limits.users.take_send(session.user_id)
-        and (session.address is None or await limits.address_sends.take(session.address))
+        and (session.address is None or limits.address_sends.take(session.address))
     ):
         reason = "send_message: too many messages; send it again later with the same tempId"
         session.push(message_error_frame(temp_id_of(frame.data), ErrorCode.RATE_LIMITED, reason))
@@ -286,7 +279,7 @@ async def _dispatch(gateway: Gateway, limits: Limits, session: Session, frame: C
     if (
         frame.event == "sync"
         and session.address is not None
-        and not await limits.address_syncs.take(session.address)
+        and not limits.address_syncs.take(session.address)
     ):
         session.push(error_frame(ErrorCode.RATE_LIMITED, "sync: too many from your address; retry later"))
         return

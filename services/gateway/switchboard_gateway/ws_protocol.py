@@ -21,7 +21,7 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
 
-from switchboard_contracts.errors import ErrorCode
+from switchboard_contracts.errors import WS_CLOSE_POLICY, ErrorCode
 from switchboard_contracts.wire import error_frame
 
 __all__ = ["PacedWebSocketProtocol", "paced_websocket_protocol"]
@@ -29,8 +29,6 @@ __all__ = ["PacedWebSocketProtocol", "paced_websocket_protocol"]
 # Parse at most this much before looking again whether the application has a message waiting:
 # 4 KiB of the smallest frames is a few hundred, a millisecond or two of parsing.
 FEED_BYTES = 4096
-# RFC 6455 1008 "policy violation".
-WS_CLOSE_POLICY = 1008
 
 
 class PacedWebSocketProtocol(WebSocketsSansIOProtocol):

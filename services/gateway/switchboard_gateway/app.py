@@ -14,7 +14,14 @@ from switchboard_contracts.topology import Topology
 from switchboard_runtime.amqp import Bus
 from switchboard_runtime.http_errors import install_error_handlers
 from switchboard_runtime.logs import configure_logging
-from switchboard_runtime.service import Runtime, add_health_routes, cancel_all, run_cli, spawn
+from switchboard_runtime.service import (
+    Runtime,
+    add_health_routes,
+    cancel_all,
+    freeze_startup_heap,
+    run_cli,
+    spawn,
+)
 
 from .auth import Verifier
 from .context import Gateway
@@ -81,6 +88,7 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
             bus.connection.reconnect_callbacks.add(gateway.resync)
             runtime = Runtime(bus=bus)
             spawn(heartbeat(gateway), runtime.tasks, "heartbeat")
+            freeze_startup_heap()
             app.state.gateway = gateway
             app.state.runtime = runtime
             app.state.messages_client = messages_client

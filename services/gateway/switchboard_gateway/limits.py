@@ -20,6 +20,8 @@ import contextlib
 import ipaddress
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import h11
 import orjson
@@ -34,6 +36,8 @@ from .settings import Settings
 __all__ = ["Counts", "HeaderDeadlineProtocol", "Limits", "UserLimits", "header_deadline_protocol"]
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 
 class Counts:
@@ -129,27 +133,55 @@ def take_now(bucket: AsyncLimiter) -> bool:
     return False
 
 
-class Buckets:
-    """A token bucket per key (a client address), made on first use. Past `most` keys the least
-    recently used is forgotten; it comes back full, which only errs towards letting through."""
+class Keyed(Generic[T]):
+    """One `T` per key (a client address), made on first use. Past `most` keys the least recently
+    used is forgotten; it comes back new (full), which only errs towards letting through."""
+
+    def __init__(self, make: Callable[[], T], most: int = 100_000) -> None:
+        self.make = make
+        self.most = most
+        self._items: OrderedDict[str, T] = OrderedDict()
+
+    def of(self, key: str) -> T:
+        item = self._items.pop(key, None) or self.make()
+        self._items[key] = item  # now the most recently used
+        if len(self._items) > self.most:
+            self._items.popitem(last=False)
+        return item
+
+
+class Buckets(Keyed[AsyncLimiter]):
+    """A token bucket per key, to be refused by when empty."""
 
     def __init__(self, burst: int, per_second: float, most: int = 100_000) -> None:
-        self.burst = burst
-        self.refill_seconds = burst / per_second
-        self.most = most
-        self._buckets: OrderedDict[str, AsyncLimiter] = OrderedDict()
-
-    def of(self, key: str) -> AsyncLimiter:
-        """The key's bucket, to wait on rather than be refused by."""
-        bucket = self._buckets.pop(key, None) or AsyncLimiter(self.burst, self.refill_seconds)
-        self._buckets[key] = bucket  # now the most recently used
-        if len(self._buckets) > self.most:
-            self._buckets.popitem(last=False)
-        return bucket
+        super().__init__(lambda: AsyncLimiter(burst, burst / per_second), most)
 
     def take(self, key: str) -> bool:
         """One token of the key's bucket, or False and nothing taken; callable outside a task."""
         return take_now(self.of(key))
+
+
+class Pace:
+    """A rate to wait on: `per_second` after a burst of `burst`, kept as the time the next unit is
+    due (GCRA, the "virtual scheduling" form of a token bucket).
+
+    Why not aiolimiter here: its `acquire` keeps a heap of waiting futures and re-arms a timer on
+    every call; with a hundred connections of one address waiting on the same bucket that was a
+    tenth of the gateway's CPU under a frame flood (py-spy, docs/reliability.md section 7). Here
+    each caller learns at once how long to sleep, in O(1), and waiters are served in the order
+    they asked.
+    """
+
+    def __init__(self, burst: float, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self.slack = burst * self.interval
+        self.due = 0.0  # monotonic time by which every unit handed out so far is paid for
+
+    def reserve(self, amount: float = 1.0) -> float:
+        """Take `amount` units now and return the seconds to wait before using them."""
+        now = time.monotonic()
+        self.due = max(self.due, now) + amount * self.interval
+        return max(0.0, self.due - self.slack - now)
 
 
 class ReadPace:
@@ -159,17 +191,15 @@ class ReadPace:
     client's own TCP window fills and a flood costs the gateway no more than the rates allow.
     """
 
-    def __init__(self, own: AsyncLimiter, address: AsyncLimiter | None) -> None:
+    def __init__(self, own: Pace, address: Pace | None) -> None:
         self.own = own
         self.address = address
-        # The most one frame may weigh (aiolimiter refuses more than a bucket holds).
-        self.most = own.max_rate if address is None else min(own.max_rate, address.max_rate)
 
     async def take(self, amount: float = 1) -> None:
-        amount = min(amount, self.most)
-        await self.own.acquire(amount)
-        if self.address is not None:
-            await self.address.acquire(amount)
+        if (wait := self.own.reserve(amount)) > 0:
+            await asyncio.sleep(wait)
+        if self.address is not None and (wait := self.address.reserve(amount)) > 0:
+            await asyncio.sleep(wait)
 
 
 def normalize_origin(origin: str) -> str:
@@ -193,7 +223,9 @@ class Limits:
         # `sync` from one address, all its connections together (each has its own limit too).
         self.address_syncs = Buckets(settings.address_sync_burst, settings.address_syncs_per_second)
         # Frames read from one address, all its connections together (each has its own pace too).
-        self.address_reads = Buckets(settings.address_frame_burst, settings.address_frames_per_second)
+        self.address_reads = Keyed(
+            lambda: Pace(settings.address_frame_burst, settings.address_frames_per_second)
+        )
         # New WebSockets from one address (a reconnect loop is work for three services).
         self.address_connects = Buckets(settings.address_connect_burst, settings.address_connects_per_second)
         self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
@@ -208,7 +240,7 @@ class Limits:
 
     def read_pace(self, address: str | None) -> "ReadPace":
         """How fast one new connection's frames are read (docs/protocol.md section 9)."""
-        own = AsyncLimiter(self.frame_burst, self.frame_burst / self.frames_per_second)
+        own = Pace(self.frame_burst, self.frames_per_second)
         return ReadPace(own, self.address_reads.of(address) if address is not None else None)
 
     def connect_allowed(self, peer: str) -> bool:

@@ -1,7 +1,7 @@
 """The bookkeeping behind the abuse limits; the limits themselves are hit for real in
 tests/integration/test_limits.py."""
 
-from switchboard_gateway.limits import Counts, Limits, UserLimits
+from switchboard_gateway.limits import Counts, Keyed, Limits, Pace, UserLimits
 from switchboard_gateway.settings import Settings
 
 
@@ -56,3 +56,21 @@ async def test_connects_are_counted_per_address_and_trusted_proxies_are_not() ->
     # A proxy carries many clients: they are counted at their handshakes instead.
     assert all(limits.connect_allowed("10.1.2.3") for _ in range(5))
     assert limits.count_connects_per_socket
+
+
+def test_a_pace_lets_its_burst_through_then_spaces_what_follows() -> None:
+    pace = Pace(burst=3, per_second=10)
+    assert [pace.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    # Each further unit waits one interval (0.1 s) more than the one before; callers asking at
+    # the same moment are served in the order they asked.
+    waits = [pace.reserve() for _ in range(3)]
+    assert all(abs(wait - expected) < 0.05 for wait, expected in zip(waits, [0.1, 0.2, 0.3], strict=True))
+    assert abs(pace.reserve(amount=50) - 5.3) < 0.05  # a heavy frame waits for its whole weight
+
+
+def test_keyed_items_are_made_once_per_key_and_the_least_recently_used_goes_first() -> None:
+    made = iter(range(1, 100))
+    keyed = Keyed(lambda: next(made), most=2)
+    assert keyed.of("a") == 1 and keyed.of("b") == 2 and keyed.of("a") == 1
+    assert keyed.of("c") == 3  # pushes out b, the least recently used
+    assert keyed.of("a") == 1 and keyed.of("b") == 4  # b comes back new

@@ -108,7 +108,7 @@ PRUNE_INTERVAL_SECONDS = 3600.0
 def freeze_startup_heap() -> None:
     """Exempt everything alive after start-up (modules, pydantic schemas, routes) from the garbage
     collector's full passes. Those objects live as long as the process, yet each full collection
-    walked all of them: 80-100 ms pauses once a minute in every service, the largest single
+    walked all of them: 80-150 ms pauses about once a minute in every service, the largest single
     contribution to a quiet system's p99 (docs/reliability.md section 7). Objects made later,
     per message and per connection, are collected as before."""
     gc.collect()

@@ -143,7 +143,9 @@ class Keyed(Generic[T]):
         self._items: OrderedDict[str, T] = OrderedDict()
 
     def of(self, key: str) -> T:
-        item = self._items.pop(key, None) or self.make()
+        item = self._items.pop(key, None)
+        if item is None:
+            item = self.make()
         self._items[key] = item  # now the most recently used
         if len(self._items) > self.most:
             self._items.popitem(last=False)

@@ -51,6 +51,14 @@ async def ensure_database(url: str) -> None:
         await conn.close()
 
 
+async def _keep_session(_: "asyncpg.Connection[asyncpg.Record]") -> None:
+    """What a connection gets on its way back to the pool, after asyncpg's own clean-up (an open
+    transaction rolled back, listeners removed): nothing more. asyncpg's default also runs
+    `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip on every
+    release, for session state these services never set: no advisory locks, no cursors held
+    past a transaction, no `SET`, and the outbox relay removes its own listener."""
+
+
 async def create_pool(url: str, schema: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     async for attempt in connect_retrying("postgresql", CONNECT_ERRORS):
         with attempt:
@@ -58,6 +66,7 @@ async def create_pool(url: str, schema: str, *, min_size: int = 2, max_size: int
                 url,
                 min_size=min_size,
                 max_size=max_size,
+                reset=_keep_session,
                 server_settings={"search_path": schema, "application_name": f"switchboard-{schema}"},
             )
     return pool

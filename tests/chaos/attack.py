@@ -2,21 +2,26 @@
 
     .venv/bin/python -m tests.chaos.attack --seconds 60 --hostile 100
 
-Two phases of the same legitimate load (pairs of users in direct chats, open loop): without the
-attack, then with `--hostile` connections in a separate process doing what attackers do —
-fragment floods, slowloris handshakes, frame floods, sockets that never authenticate, oversized
-frames and compression offers. It prints the gateway's RSS before, at the attack's peak and
-after, and the legitimate users' send-to-receive p50/p99 in both phases, and exits 1 when RSS
-after the attack is more than 50 MB above before, the attack p99 is more than twice the
-baseline p99, or a legitimate message was lost. `--short` (run by scripts/test, so CI) is the
-same with 10-s phases, and does not fail on the p99 ratio. Loopback only; bounded by --seconds.
+The same legitimate load (pairs of users in direct chats, open loop) throughout: for half of
+`--seconds` without the attack, for `--seconds` with `--hostile` connections in a separate
+process doing what attackers do — fragment floods, slowloris handshakes, frame floods, sockets
+that never authenticate, oversized frames and compression offers — then for half of `--seconds`
+without it again. The baseline is both quiet halves together, so a drift of the machine during
+the run weighs on both sides. It prints the gateway's RSS before, at the attack's peak and
+after, and the legitimate users' send-to-receive percentiles with and without the attack, and
+exits 1 when RSS after the attack is more than 50 MB above before, the attack p99 is more than
+twice the baseline p99, or a legitimate message was lost. `--short` (run by scripts/test, so
+CI) is the same with a 10-s attack, and does not fail on the p99 ratio. Loopback only; bounded
+by --seconds.
 
 The gateway runs with its production abuse limits (the test system raises them), each
 overridable from the environment (`CHAT_ADDRESS_CONNECT_BURST=...`); the attacker process runs
 at idle CPU priority (`chrt --idle`), so what is measured is what the attack costs the system.
 It also prints the CPU each process used per phase. For analysis: `ATTACK_KINDS=frame_flood`
 runs one kind, `FLOOD_ONLY=0,2` only some of the frame flood's frames (indexes into its list),
-`ATTACK_DEBUG=1` prints the worst legitimate latencies with when they were sent.
+`ATTACK_DEBUG=1` prints the worst legitimate latencies with when they were sent, and
+`ATTACK_PLACEBO=0.35` replaces the attack with an idle-priority process that only burns that
+much of a core: the attacker's own share of the machine, without a single connection.
 """
 
 import argparse
@@ -28,9 +33,11 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import websockets
 
 from switchboard_gateway.settings import Settings
@@ -59,6 +66,7 @@ def production_limits() -> dict[str, str]:
         "address_syncs_per_second",
         "address_connect_burst",
         "address_connects_per_second",
+        "address_violation_cost",
     ]
     out = {f"CHAT_{name.upper()}": str(Settings.model_fields[name].default) for name in names}
     for key in list(out):
@@ -142,6 +150,43 @@ def cpu_of(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
+class Cpu:
+    """CPU seconds used by each process (and the machine) over the spans it counted."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        start = cpu_of(self.pids) | {"load": time.process_time()}
+        wall = time.monotonic()
+        yield
+        end = cpu_of(self.pids) | {"load": time.process_time()}
+        self.wall += time.monotonic() - wall
+        for name, value in end.items():
+            self.used[name] = self.used.get(name, 0.0) + value - start.get(name, value)
+
+    def per_second(self) -> dict[str, float]:
+        return {name: used / self.wall for name, used in self.used.items()}
+
+
+async def settled(system: System, sessions: int) -> None:
+    """Until the gateway holds only the legitimate sessions again: the attacker's last sockets
+    closing (sessions closed, presence told) must not be counted as the quiet phase's work."""
+    async with httpx.AsyncClient() as http:
+        async with asyncio.timeout(30):
+            while True:
+                text = (await http.get(f"{system.gateway_url()}/metrics")).text
+                held = [
+                    line for line in text.splitlines() if line.startswith("switchboard_gateway_sessions ")
+                ]
+                if held and float(held[0].split()[1]) <= sessions:
+                    return
+                await asyncio.sleep(0.2)  # polling: the gateway offers no event to await
+
+
 def outside_pids() -> dict[str, int]:
     """The broker's and the database's main processes, found by name (best effort)."""
     found = {}
@@ -187,9 +232,11 @@ async def run(seconds: float, hostile: int, rate: float, latency_gate: bool = Tr
         before = rss_mb(pid)
         pids = {name: p.popen.pid for name, p in system.processes.items() if p.popen is not None}
         pids |= outside_pids()
-        cpu_start = cpu_of(pids) | {"load": time.process_time(), "wall": time.monotonic()}
-        baseline, baseline_lost = await legit_phase(system, pairs, rate, seconds)
-        cpu_mid = cpu_of(pids) | {"load": time.process_time(), "wall": time.monotonic()}
+        quiet_cpu = Cpu(pids)
+        # The baseline is half the time before the attack and half after it, so a slow drift of
+        # the machine (another tenant, a checkpoint) weighs on both sides alike.
+        with quiet_cpu.counting():
+            baseline, baseline_lost = await legit_phase(system, pairs, rate, seconds / 2)
 
         attacker = await asyncio.create_subprocess_exec(
             # At idle priority: on a real network the attacker's CPU is its own, but here it shares
@@ -220,34 +267,38 @@ async def run(seconds: float, hostile: int, rate: float, latency_gate: bool = Tr
                 await asyncio.sleep(0.5)  # sampling clock
 
         sampler = asyncio.create_task(sample())
-        attacked, attacked_lost = await legit_phase(system, pairs, rate, seconds)
-        cpu_end = cpu_of(pids) | {"load": time.process_time(), "wall": time.monotonic()}
-        cpu_end["attacker"] = attacker_cpu
-        cpu_mid["attacker"] = 0.0
+        loud_cpu = Cpu(pids)
+        with loud_cpu.counting():
+            attacked, attacked_lost = await legit_phase(system, pairs, rate, seconds)
+        loud_cpu.used["attacker"] = attacker_cpu
         await attacker.wait()
         sampling = False
         await sampler
-        # The gateway lets go of the attackers' sessions; allow it the auth timeout to do so.
         after = rss_mb(pid)
         alive = gateway.popen.poll() is None
+        await settled(system, 2 * len(pairs))
+        with quiet_cpu.counting():
+            second_half, second_lost = await legit_phase(system, pairs, rate, seconds / 2)
+        halves = (percentile(baseline, 0.99), percentile(second_half, 0.99))
+        baseline, baseline_lost = baseline + second_half, baseline_lost + second_lost
         for sender, receiver, _ in pairs:
             await sender.close()
             await receiver.close()
 
     print("CPU seconds per second of each phase (1.00 is a whole core): without / under attack")
-    quiet_wall, loud_wall = cpu_mid["wall"] - cpu_start["wall"], cpu_end["wall"] - cpu_mid["wall"]
-    for name in cpu_end:
-        if name == "wall":
-            continue
-        quiet = (cpu_mid.get(name, 0.0) - cpu_start.get(name, 0.0)) / quiet_wall
-        loud = (cpu_end[name] - cpu_mid.get(name, 0.0)) / loud_wall
-        print(f"  {name:<10} {quiet:5.2f} / {loud:5.2f}")
+    for name, loud in loud_cpu.per_second().items():
+        print(f"  {name:<10} {quiet_cpu.per_second().get(name, 0.0):5.2f} / {loud:5.2f}")
+    print("legit send->receive (ms):  p50   p90   p99 p99.9   max  samples")
+    for label, values in (("without attack", baseline), ("under attack", attacked)):
+        cells = "".join(f"{percentile(values, q) * 1000:6.0f}" for q in (0.5, 0.9, 0.99, 0.999, 1.0))
+        print(f"  {label:<15}{cells}  {len(values):7d}")
     b99, a99 = percentile(baseline, 0.99), percentile(attacked, 0.99)
     print(
         f"gateway RSS: before {before:.1f} MB, attack peak {peak:.1f} MB, after {after:.1f} MB"
         f" (after - before {after - before:+.1f} MB, bound {RSS_SLACK_MB:.0f} MB)\n"
         f"legit send->receive: baseline p50 {percentile(baseline, 0.5) * 1000:.0f} ms"
-        f" p99 {b99 * 1000:.0f} ms;"
+        f" p99 {b99 * 1000:.0f} ms (before / after the attack: {halves[0] * 1000:.0f} /"
+        f" {halves[1] * 1000:.0f} ms);"
         f" under attack p50 {percentile(attacked, 0.5) * 1000:.0f} ms p99 {a99 * 1000:.0f} ms"
         f" (ratio {a99 / b99:.2f}, bound {P99_RATIO:.1f}); lost {baseline_lost + attacked_lost};"
         f" gateway alive {alive}; {hostile} hostile connections for {seconds:.0f} s"
@@ -326,6 +377,18 @@ async def hostile_loop(kind: object, url: str, stop: float) -> None:
         await asyncio.sleep(0.05)  # reconnect pace: hostile, but bounded
 
 
+def placebo(cores: float, seconds: float) -> None:
+    """No connection at all: only burn `cores` of CPU, in 10-ms slices, for `seconds`. Run in
+    the attacker's place (ATTACK_PLACEBO=0.35), it shows what the attacker's own CPU, which it
+    shares with the system here and would not on a network, does to the legitimate latencies."""
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        slice_start = time.perf_counter()
+        while time.perf_counter() - slice_start < cores * 0.01:
+            pass
+        time.sleep((1 - cores) * 0.01)
+
+
 async def attack(url: str, hostile: int, seconds: float) -> None:
     stop = time.monotonic() + seconds
     kinds = [fragment_flood, frame_flood, slowloris, never_authenticates]
@@ -338,6 +401,9 @@ async def attack(url: str, hostile: int, seconds: float) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--hostile-only":
         url, hostile, seconds = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+        if cores := os.environ.get("ATTACK_PLACEBO"):
+            placebo(min(1.0, float(cores)), seconds)
+            return
         asyncio.run(attack(url, hostile, seconds))
         return
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.attack", description=__doc__)

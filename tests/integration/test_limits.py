@@ -65,6 +65,8 @@ async def system(infra_urls: tuple[str, str]) -> AsyncIterator[System]:
         CHAT_ADDRESS_CONNECT_BURST=str(CONNECT_BURST),
         # A token back every 100 s: none while the test opens its burst.
         CHAT_ADDRESS_CONNECTS_PER_SECOND="0.01",
+        # A protocol violation costs its address the whole connect burst.
+        CHAT_ADDRESS_VIOLATION_COST=str(CONNECT_BURST),
         CHAT_TRUSTED_PROXIES=PROXY,
         CHAT_ALLOWED_ORIGINS=f"{ORIGIN},https://web.example",
     ) as system:
@@ -427,3 +429,61 @@ async def test_syncs_past_the_addresss_allowance_are_refused_whatever_the_connec
     await other.send("sync", {"chats": {}})
     await other.next("sync_done")
     await still_works(chat, alice, bob)
+
+
+async def _too_many_fragments(connect: Connector, address: str) -> None:
+    client = await session(connect, address, unique("frag"))
+    await client.ws.send(iter(pieces(json.dumps({"event": "nope", "data": {}}), 20)))
+    assert (await client.next("error"))["code"] == "too_many_fragments"
+    assert await client.wait_closed() == 1008
+
+
+async def _frame_too_large(connect: Connector, address: str) -> None:
+    client = await session(connect, address, unique("big"))
+    await client.ws.send("x" * (1024 * 1024 + 10))  # over the 1 MiB default, under the cut-off
+    assert (await client.next("error"))["code"] == "frame_too_large"
+    assert await client.wait_closed() == 1009
+
+
+async def _frame_far_too_large(connect: Connector, address: str) -> None:
+    client = await session(connect, address, unique("huge"))
+    await client.ws.send("x" * (3 * 1024 * 1024))  # cut off by the WebSocket layer itself
+    assert await client.wait_closed() == 1009
+
+
+async def _head_not_in_time(connect: Connector, address: str) -> None:
+    port = int(connect.system.gateway_url().rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+    writer.write(HEAD)
+    received, _ = await _until_closed(reader, writer, b"")
+    assert received.startswith(b"HTTP/1.1 408 ")
+
+
+@pytest.mark.parametrize(
+    "violate",
+    [_too_many_fragments, _frame_too_large, _frame_far_too_large, _head_not_in_time],
+    ids=["too many fragments", "frame too large", "frame far too large", "head not in time"],
+)
+async def test_a_protocol_violation_costs_the_address_its_new_connections(
+    connect: Connector, violate: Any
+) -> None:
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    await violate(connect, address)
+    # Three connections of a burst of 300 were made, but the violation cost the rest of it.
+    with pytest.raises(websockets.InvalidStatus) as refused_with:
+        await open_socket(connect, address, unique("after"))
+    assert refused_with.value.response.status_code == 429
+    assert json.loads(refused_with.value.response.body or b"{}")["code"] == "rate_limited"
+    # The address's sessions opened before carry on, and another address is not affected.
+    await still_works(chat, alice, bob)
+    await session(connect, fresh_address(), unique("other"))
+
+
+async def test_a_connection_closed_for_a_limit_costs_the_address_nothing(connect: Connector) -> None:
+    """Only breaking the protocol is charged: a socket closed for not authenticating in time
+    (a phone that lost signal) leaves the address's connect allowance as it was."""
+    address = fresh_address()
+    idle = await open_socket(connect, address)
+    assert await idle.wait_closed() == 4401
+    await session(connect, address, unique("after"))

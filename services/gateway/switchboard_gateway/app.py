@@ -135,8 +135,9 @@ def main() -> None:
             # "deflate bomb") before that limit is checked.
             "ws_per_message_deflate": False,
             # uvicorn's WebSocket protocol, parsing no further ahead than the application reads
-            # and refusing messages cut into many fragments (ws_protocol.py).
-            "ws": paced_websocket_protocol(settings.max_fragments),
+            # and refusing messages cut into many fragments (ws_protocol.py); what it closes a
+            # connection for is charged to the address (Limits.violation).
+            "ws": paced_websocket_protocol(settings.max_fragments, limits),
             # uvicorn's HTTP/1.1 protocol plus a deadline for each request head (slowloris);
             # pinned, so the deadline holds even where httptools is installed.
             "http": header_deadline_protocol(settings.header_timeout_seconds, limits),

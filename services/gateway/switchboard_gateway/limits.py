@@ -9,7 +9,8 @@ at N times a limit anyway.
 - `send_message` per user, a token bucket shared by the user's sessions (`rate_limited`);
 - `send_message` and `sync` per client address (`rate_limited`);
 - frames read per connection and per client address (read more slowly past it, never refused);
-- new WebSockets per client address (`rate_limited`, HTTP 429 before the socket opens);
+- new WebSockets per client address (`rate_limited`, HTTP 429 before the socket opens), each
+  connection closed for a protocol violation costing its address more of that allowance;
 - browser origins allowed to open a WebSocket (`origin_not_allowed`, HTTP 403 before accept);
 - a deadline for the head of every HTTP request, WebSocket upgrades included
   (`request_timeout`, HTTP 408): uvicorn has none of its own.
@@ -31,6 +32,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from switchboard_contracts.errors import ErrorCode
 
+from .metrics import VIOLATIONS
 from .settings import Settings
 
 __all__ = ["Counts", "HeaderDeadlineProtocol", "Limits", "UserLimits", "header_deadline_protocol"]
@@ -185,6 +187,21 @@ class Pace:
         self.due = max(self.due, now) + amount * self.interval
         return max(0.0, self.due - self.slack - now)
 
+    def take_now(self, amount: float = 1.0) -> bool:
+        """Take `amount` units if they are free now; False, and nothing taken, if not."""
+        now = time.monotonic()
+        due = max(self.due, now) + amount * self.interval
+        if due - self.slack > now:
+            return False
+        self.due = due
+        return True
+
+    def charge(self, amount: float, most_seconds: float) -> None:
+        """Take `amount` units whether free or not, running into debt: the units after them come
+        that much later. The debt past the burst is kept under `most_seconds`."""
+        now = time.monotonic()
+        self.due = min(max(self.due, now) + amount * self.interval, now + self.slack + most_seconds)
+
 
 class ReadPace:
     """Waits before each frame is read until both the connection's pace and its address's allow.
@@ -202,6 +219,12 @@ class ReadPace:
             await asyncio.sleep(wait)
         if self.address is not None and (wait := self.address.reserve(amount)) > 0:
             await asyncio.sleep(wait)
+
+
+# However many violations an address piles up, its new connections are refused at most this long
+# past its burst: long enough that a violating loop gets nearly nothing through, short enough
+# that the other users of a NAT it shares are not locked out for long after it stops.
+PENALTY_MOST_SECONDS = 60.0
 
 
 def normalize_origin(origin: str) -> str:
@@ -228,8 +251,12 @@ class Limits:
         self.address_reads = Keyed(
             lambda: Pace(settings.address_frame_burst, settings.address_frames_per_second)
         )
-        # New WebSockets from one address (a reconnect loop is work for three services).
-        self.address_connects = Buckets(settings.address_connect_burst, settings.address_connects_per_second)
+        # New connections from one address (a reconnect loop is work for three services), and
+        # what a connection closed for a protocol violation costs the address on top.
+        self.address_connects = Keyed(
+            lambda: Pace(settings.address_connect_burst, settings.address_connects_per_second)
+        )
+        self.violation_cost = settings.address_violation_cost
         self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         self.frame_burst = settings.frame_burst
         self.frames_per_second = settings.frames_per_second
@@ -252,7 +279,16 @@ class Limits:
             with contextlib.suppress(ValueError):
                 if any(ipaddress.ip_address(peer) in net for net in self.trusted_proxies):
                     return True
-        return self.address_connects.take(peer)
+        return self.address_connects.of(peer).take_now()
+
+    def violation(self, address: str | None, kind: str) -> None:
+        """A connection from `address` was closed for breaking the protocol (`kind`: the error
+        code): the address pays for `violation_cost` new connections on top of the one it made,
+        so a loop of violating reconnects is answered 429 before it costs the gateway a parse,
+        an authentication and a session (docs/protocol.md section 9)."""
+        VIOLATIONS.labels(kind).inc()
+        if address is not None and self.violation_cost:
+            self.address_connects.of(address).charge(self.violation_cost, PENALTY_MOST_SECONDS)
 
     def origin_allowed(self, origin: str | None) -> bool:
         """No list: any origin. No Origin header: not a browser, so not a cross-site page either."""
@@ -354,6 +390,8 @@ class HeaderDeadlineProtocol(H11Protocol):
         log.info("request head not received in time; closed", client=self.client, received=len(partial))
         if partial:
             self.transport.write(REQUEST_TIMEOUT_RESPONSE)
+            if self.limits is not None:
+                self.limits.violation(self.client[0] if self.client else None, ErrorCode.REQUEST_TIMEOUT)
         self.transport.close()
 
 

@@ -58,7 +58,11 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     address = ws.client.host if ws.client else None
     # Behind trusted proxies the client's own address is known only now (direct peers were
     # counted when their TCP connection was accepted, limits.HeaderDeadlineProtocol).
-    if address is not None and limits.count_connects_per_socket and not limits.address_connects.take(address):
+    if (
+        address is not None
+        and limits.count_connects_per_socket
+        and not limits.address_connects.of(address).take_now()
+    ):
         message = "this address opens connections too fast; reconnect with back-off"
         await _deny(ws, ErrorCode.RATE_LIMITED, message)
         return
@@ -234,6 +238,8 @@ async def _read(gateway: Gateway, ws: WebSocket, pace: ReadPace) -> ClientFrame 
                 error_frame(ErrorCode.FRAME_TOO_LARGE, f"frames are limited to {limit} bytes").decode()
             )
         await _close(ws, WS_CLOSE_FRAME_TOO_LARGE, ErrorCode.FRAME_TOO_LARGE.value)
+        limits: Limits = ws.app.state.limits
+        limits.violation(ws.client.host if ws.client else None, ErrorCode.FRAME_TOO_LARGE)
         raise Closed
     if text is None:
         return error_frame(ErrorCode.BAD_REQUEST, "frames must be JSON text, not binary")

@@ -14,9 +14,13 @@ hold in the gateway is one chunk of bytes and one message.
 A message split into many fragments (RFC 6455 continuation frames) is parsed frame by frame
 before the application sees anything. Real clients send a message in one frame, or a few large
 ones; past `max_fragments` the connection is closed with 1008 `too_many_fragments`.
+
+Every connection closed for what the parser found (too many fragments, a frame over the size
+limit, a malformed frame) is a violation charged to its address's connect allowance
+(`Limits.violation`).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
@@ -24,15 +28,23 @@ from websockets.frames import Frame
 from switchboard_contracts.errors import WS_CLOSE_POLICY, ErrorCode
 from switchboard_contracts.wire import error_frame
 
+if TYPE_CHECKING:
+    from .limits import Limits
+
 __all__ = ["PacedWebSocketProtocol", "paced_websocket_protocol"]
 
 # Parse at most this much before looking again whether the application has a message waiting:
 # 4 KiB of the smallest frames is a few hundred, a millisecond or two of parsing.
 FEED_BYTES = 4096
 
+KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+# What the WebSocket layer closed with when the reason is not one of ours.
+CLOSE_KINDS = {1009: ErrorCode.FRAME_TOO_LARGE.value}
+
 
 class PacedWebSocketProtocol(WebSocketsSansIOProtocol):
     max_fragments: int = 16
+    limits: "Limits | None" = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,6 +83,20 @@ class PacedWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         super().handle_cont(event)
 
+    def handle_parser_exception(self) -> None:
+        if self.limits is not None and self.conn.close_sent is not None:
+            # The handshake's scope names the client a trusted proxy forwarded for, if any.
+            scope = getattr(self, "scope", None)
+            client = scope.get("client") if scope else self.client
+            reason = self.conn.close_sent.reason
+            kind = (
+                reason
+                if reason in KNOWN_CODES
+                else CLOSE_KINDS.get(self.conn.close_sent.code, "protocol_error")
+            )
+            self.limits.violation(client[0] if client else None, kind)
+        super().handle_parser_exception()
+
     def _refuse_fragments(self) -> None:
         self.frames = []
         self._unparsed.clear()
@@ -81,6 +107,13 @@ class PacedWebSocketProtocol(WebSocketsSansIOProtocol):
         self.handle_parser_exception()  # tells the application, writes the close, closes
 
 
-def paced_websocket_protocol(max_fragments: int) -> type[PacedWebSocketProtocol]:
-    """The protocol class for uvicorn's `ws` option, with this fragment limit."""
-    return type("PacedWebSocketProtocol", (PacedWebSocketProtocol,), {"max_fragments": max_fragments})
+def paced_websocket_protocol(
+    max_fragments: int, limits: "Limits | None" = None
+) -> type[PacedWebSocketProtocol]:
+    """The protocol class for uvicorn's `ws` option, with this fragment limit, charging
+    violations to `limits`."""
+    return type(
+        "PacedWebSocketProtocol",
+        (PacedWebSocketProtocol,),
+        {"max_fragments": max_fragments, "limits": limits},
+    )

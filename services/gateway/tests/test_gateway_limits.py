@@ -68,6 +68,28 @@ def test_a_pace_lets_its_burst_through_then_spaces_what_follows() -> None:
     assert abs(pace.reserve(amount=50) - 5.3) < 0.05  # a heavy frame waits for its whole weight
 
 
+def test_a_pace_takes_now_only_what_is_free_and_a_charge_runs_into_debt() -> None:
+    pace = Pace(burst=2, per_second=1)
+    assert pace.take_now() and pace.take_now()
+    assert not pace.take_now()  # the burst is spent: refused, and nothing taken
+    assert 0.9 < pace.reserve() <= 1.0  # so the next unit is still only one interval away
+    pace.charge(100, most_seconds=5)  # far more than the pace could owe: capped
+    assert 5.9 < pace.reserve() <= 6.0  # the cap of 5 s past the burst, then this unit
+
+
+def test_a_violation_costs_its_address_new_connections_and_only_that_address() -> None:
+    limits = Limits(Settings(address_connect_burst=20, address_connects_per_second=10))
+    assert limits.connect_allowed("192.0.2.1")
+    limits.violation("192.0.2.1", "too_many_fragments")
+    limits.violation("192.0.2.1", "too_many_fragments")  # 1 + 2 x 10 of the burst of 20
+    assert not limits.connect_allowed("192.0.2.1")
+    assert limits.connect_allowed("192.0.2.2")
+    free = Limits(Settings(address_connect_burst=20, address_violation_cost=0))
+    for _ in range(5):
+        free.violation("192.0.2.1", "frame_too_large")
+    assert free.connect_allowed("192.0.2.1")
+
+
 def test_keyed_items_are_made_once_per_key_and_the_least_recently_used_goes_first() -> None:
     made = iter(range(1, 100))
     keyed = Keyed(lambda: next(made), most=2)

@@ -5,8 +5,9 @@ count and time, loopback only:
 
 - RabbitMQ: persistent messages of `--size` bytes published with publisher confirms (a window
   of `--window` unconfirmed at a time, as a pipelined publisher keeps) to a quorum queue, as
-  the services' queues are, and consumed with manual acks (prefetch `--window`); the rate is
-  from the first publish to the last ack.
+  the services' queues are, and consumed with manual acks (prefetch `--window`) by another
+  process; the rate is from the first publish to the last ack, with each side's CPU, so that a
+  client at a whole core says the client, not the broker, was the limit.
 - PostgreSQL: rows shaped like a stored message (uuid, chat, seq, content of `--size` bytes,
   time) inserted one per transaction, and in transactions of `--batch` rows.
 
@@ -18,9 +19,11 @@ It prints one JSON object. The queue and table it makes are its own and are remo
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import time
 import uuid
+from multiprocessing.connection import Connection
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -30,16 +33,14 @@ import asyncpg
 DEADLINE_SECONDS = 120.0
 
 
-async def broker_rate(url: str, messages: int, size: int, window: int) -> tuple[float, float]:
-    """Messages a second, and the CPU this client used per second of it (near 1.0: the client,
-    not the broker, was the limit)."""
+async def consume(url: str, name: str, messages: int, window: int, ready: Connection) -> None:
+    """The consuming side, in a process of its own: declares the queue, says so, acks `messages`
+    and sends back when the last was acked and the CPU it used."""
     connection = await aio_pika.connect_robust(url)
     try:
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await connection.channel()
         await channel.set_qos(prefetch_count=window)
-        name = f"bench-floor-{uuid.uuid4().hex[:8]}"
         queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
-        body = os.urandom(size // 2).hex().encode()[:size]
         received = 0
         done = asyncio.Event()
 
@@ -50,24 +51,65 @@ async def broker_rate(url: str, messages: int, size: int, window: int) -> tuple[
             if received == messages:
                 done.set()
 
-        started, cpu = time.perf_counter(), time.process_time()
-        consumer_tag = await queue.consume(on_message)
-        slots = asyncio.Semaphore(window)
-
-        async def publish() -> None:
-            async with slots:
-                await channel.default_exchange.publish(
-                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=name
-                )
-
-        await asyncio.wait_for(asyncio.gather(*(publish() for _ in range(messages))), DEADLINE_SECONDS)
+        tag = await queue.consume(on_message)
+        cpu = time.process_time()
+        ready.send("ready")
         await asyncio.wait_for(done.wait(), DEADLINE_SECONDS)
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-        await queue.cancel(consumer_tag)
+        ready.send((time.perf_counter(), time.process_time() - cpu))  # one monotonic clock system-wide
+        await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
-        return messages / elapsed, cpu / elapsed
     finally:
         await connection.close()
+
+
+def _consume_process(url: str, name: str, messages: int, window: int, ready: Connection) -> None:
+    asyncio.run(consume(url, name, messages, window, ready))
+
+
+async def broker_rate(url: str, messages: int, size: int, window: int) -> dict[str, float]:
+    """Messages a second from the first publish to the last ack, the publisher in this process
+    and the consumer in another, and the CPU each used per second of it: near 1.0, that client
+    and not the broker was the limit."""
+    name = f"bench-floor-{uuid.uuid4().hex[:8]}"
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    consumer = multiprocessing.get_context("spawn").Process(
+        target=_consume_process, args=(url, name, messages, window, theirs)
+    )
+    consumer.start()
+    loop = asyncio.get_running_loop()
+    try:
+        if not await loop.run_in_executor(None, ours.poll, DEADLINE_SECONDS):
+            raise TimeoutError("the consumer did not start")
+        ours.recv()
+        connection = await aio_pika.connect_robust(url)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            body = os.urandom(size // 2).hex().encode()[:size]
+            slots = asyncio.Semaphore(window)
+
+            async def publish() -> None:
+                async with slots:
+                    message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+                    await channel.default_exchange.publish(message, routing_key=name)
+
+            started, cpu = time.perf_counter(), time.process_time()
+            await asyncio.wait_for(asyncio.gather(*(publish() for _ in range(messages))), DEADLINE_SECONDS)
+            publisher_cpu = time.process_time() - cpu
+        finally:
+            await connection.close()
+        if not await loop.run_in_executor(None, ours.poll, DEADLINE_SECONDS):
+            raise TimeoutError("not every message was consumed in time")
+        ended, consumer_cpu = ours.recv()
+    finally:
+        consumer.join(DEADLINE_SECONDS)
+        if consumer.is_alive():
+            consumer.kill()
+    elapsed = ended - started
+    return {
+        "broker_messages_per_second": messages / elapsed,
+        "broker_publisher_cpu_cores": publisher_cpu / elapsed,
+        "broker_consumer_cpu_cores": consumer_cpu / elapsed,
+    }
 
 
 async def database_rates(url: str, rows: int, size: int, batch: int) -> dict[str, float]:
@@ -117,10 +159,8 @@ async def run(messages: int, size: int, window: int, batch: int) -> dict[str, fl
     database = os.environ.get(
         "CHAT_DATABASE_URL", "postgresql://switchboard:switchboard@127.0.0.1:5432/switchboard"
     )
-    rate, client_cpu = await broker_rate(amqp, messages, size, window)
     return {
-        "broker_messages_per_second": rate,
-        "broker_client_cpu_cores": client_cpu,
+        **await broker_rate(amqp, messages, size, window),
         **await database_rates(database, messages, size, batch),
     }
 

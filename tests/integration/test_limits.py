@@ -388,6 +388,22 @@ async def test_connections_opened_too_fast_from_one_address_are_refused_before_t
     await session(connect, fresh_address(), unique("other"))
 
 
+async def test_with_trusted_proxies_a_direct_clients_websocket_counts_once(connect: Connector) -> None:
+    """Proxies are trusted in this module, so forwarded clients are counted at their handshakes;
+    a client connecting directly is counted when its TCP connection is accepted, and only then."""
+    address = fresh_address()
+    await pair(connect, address)  # two of the burst of 300
+    port = int(connect.system.gateway_url().rsplit(":", 1)[1])
+    for _ in range(CONNECT_BURST - 3):
+        _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+        writer.close()
+        await writer.wait_closed()
+    await session(connect, address, unique("last"))  # the 300th connection: allowed
+    with pytest.raises(websockets.InvalidStatus) as refused_with:
+        await open_socket(connect, address)
+    assert refused_with.value.response.status_code == 429
+
+
 async def test_the_connections_of_one_address_share_one_read_pace(connect: Connector) -> None:
     address = fresh_address()
     flooders = [await session(connect, address, unique("flood")) for _ in range(2)]

@@ -56,11 +56,14 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     # The peer, or the client a trusted proxy names (uvicorn's proxy headers; docs/protocol.md
     # 2.4). A Unix socket has no address: only network peers are counted.
     address = ws.client.host if ws.client else None
-    # Behind trusted proxies the client's own address is known only now (direct peers were
-    # counted when their TCP connection was accepted, limits.HeaderDeadlineProtocol).
+    # Behind trusted proxies the client's own address is known only now. Direct peers were
+    # counted when their TCP connection was accepted (limits.HeaderDeadlineProtocol), and a
+    # trusted proxy always sends X-Forwarded-For, so only a handshake with it is counted here;
+    # a direct client sending the header itself is counted twice, which only slows itself.
     if (
         address is not None
         and limits.count_connects_per_socket
+        and "x-forwarded-for" in ws.headers
         and not limits.address_connects.of(address).take_now()
     ):
         message = "this address opens connections too fast; reconnect with back-off"

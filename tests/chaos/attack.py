@@ -39,6 +39,7 @@ from pathlib import Path
 
 import httpx
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 from switchboard_gateway.settings import Settings
 from tests.integration.client import Api, Client, token, unique
@@ -180,9 +181,12 @@ async def settled(system: System, sessions: int) -> None:
             while True:
                 text = (await http.get(f"{system.gateway_url()}/metrics")).text
                 held = [
-                    line for line in text.splitlines() if line.startswith("switchboard_gateway_sessions ")
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if sample.name == "switchboard_gateway_sessions"
                 ]
-                if held and float(held[0].split()[1]) <= sessions:
+                if held and held[0] <= sessions:
                     return
                 await asyncio.sleep(0.2)  # polling: the gateway offers no event to await
 
@@ -286,8 +290,9 @@ async def run(seconds: float, hostile: int, rate: float, latency_gate: bool = Tr
             await receiver.close()
 
     print("CPU seconds per second of each phase (1.00 is a whole core): without / under attack")
+    quiet = quiet_cpu.per_second()
     for name, loud in loud_cpu.per_second().items():
-        print(f"  {name:<10} {quiet_cpu.per_second().get(name, 0.0):5.2f} / {loud:5.2f}")
+        print(f"  {name:<10} {quiet.get(name, 0.0):5.2f} / {loud:5.2f}")
     print("legit send->receive (ms):  p50   p90   p99 p99.9   max  samples")
     for label, values in (("without attack", baseline), ("under attack", attacked)):
         cells = "".join(f"{percentile(values, q) * 1000:6.0f}" for q in (0.5, 0.9, 0.99, 0.999, 1.0))

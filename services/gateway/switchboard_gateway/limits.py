@@ -154,17 +154,6 @@ class Keyed(Generic[T]):
         return item
 
 
-class Buckets(Keyed[AsyncLimiter]):
-    """A token bucket per key, to be refused by when empty."""
-
-    def __init__(self, burst: int, per_second: float, most: int = 100_000) -> None:
-        super().__init__(lambda: AsyncLimiter(burst, burst / per_second), most)
-
-    def take(self, key: str) -> bool:
-        """One token of the key's bucket, or False and nothing taken; callable outside a task."""
-        return take_now(self.of(key))
-
-
 class Pace:
     """A rate to wait on: `per_second` after a burst of `burst`, kept as the time the next unit is
     due (GCRA, the "virtual scheduling" form of a token bucket).
@@ -201,6 +190,17 @@ class Pace:
         that much later. The debt past the burst is kept under `most_seconds`."""
         now = time.monotonic()
         self.due = min(max(self.due, now) + amount * self.interval, now + self.slack + most_seconds)
+
+
+class Buckets(Keyed[Pace]):
+    """A token bucket per key, to be refused by when empty (or charged past it: `Pace.charge`)."""
+
+    def __init__(self, burst: int, per_second: float, most: int = 100_000) -> None:
+        super().__init__(lambda: Pace(burst, per_second), most)
+
+    def take(self, key: str) -> bool:
+        """One token of the key's bucket, or False and nothing taken; callable outside a task."""
+        return self.of(key).take_now()
 
 
 class ReadPace:
@@ -253,9 +253,7 @@ class Limits:
         )
         # New connections from one address (a reconnect loop is work for three services), and
         # what a connection closed for a protocol violation costs the address on top.
-        self.address_connects = Keyed(
-            lambda: Pace(settings.address_connect_burst, settings.address_connects_per_second)
-        )
+        self.address_connects = Buckets(settings.address_connect_burst, settings.address_connects_per_second)
         self.violation_cost = settings.address_violation_cost
         self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         self.frame_burst = settings.frame_burst
@@ -279,7 +277,7 @@ class Limits:
             with contextlib.suppress(ValueError):
                 if any(ipaddress.ip_address(peer) in net for net in self.trusted_proxies):
                     return True
-        return self.address_connects.of(peer).take_now()
+        return self.address_connects.take(peer)
 
     def violation(self, address: str | None, kind: str) -> None:
         """A connection from `address` was closed for breaking the protocol (`kind`: the error

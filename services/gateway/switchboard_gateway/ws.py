@@ -64,7 +64,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         address is not None
         and limits.count_connects_per_socket
         and "x-forwarded-for" in ws.headers
-        and not limits.address_connects.of(address).take_now()
+        and not limits.address_connects.take(address)
     ):
         message = "this address opens connections too fast; reconnect with back-off"
         await _deny(ws, ErrorCode.RATE_LIMITED, message)

@@ -1,0 +1,180 @@
+"""Scenarios driven at a rate: pairs in direct chats, one large group, one very large group.
+
+Each is prepared once per target (users connected, chats created), then driven step by step up
+a rate ladder: each step sends open-loop for its duration, waits for every delivery, and is
+judged. The knee is the highest rate whose step held: p99 within the target, nothing lost,
+doubled, reordered or refused, and the rate achieved.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.load import Ledger, Session, close_all, open_loop, open_sessions, summary, unique
+from bench.targets import Target
+from bench.usage import Usage
+
+# Message bodies of about the size of a chat message; also the size bench.floor measures.
+PADDING = "x" * 100
+# How long a step waits, after its last send, for every delivery to arrive before it counts
+# the rest as lost: far past any target, so a slow system is judged slow, not lossy.
+DRAIN_SECONDS = 60.0
+# A step holds its rate when it sent at least this share of it (the generator kept up).
+ACHIEVED_SHARE = 0.95
+
+Route = tuple[Session, str, list[str]]
+
+
+@dataclass
+class Prepared:
+    sessions: list[Session]
+    route: Callable[[int], Route]
+    # Deliveries per message: the recipients of one send.
+    fan_out: int
+
+
+@dataclass
+class RateScenario:
+    name: str
+    what: str
+    figure: str
+    target_p99_ms: float
+    rates: list[float]
+    seconds: float
+    size: int
+
+    async def prepare(self, target: Target) -> Prepared:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"what": self.what, "figure": self.figure, "target_p99_ms": self.target_p99_ms}
+
+
+class Pairs(RateScenario):
+    async def prepare(self, target: Target) -> Prepared:
+        pairs = self.size
+        left = [unique("a") for _ in range(pairs)]
+        right = [unique("b") for _ in range(pairs)]
+        chats = await target.create_chats([(a, [b], "direct") for a, b in zip(left, right, strict=True)])
+        gateways = len(target.ws_urls)
+        # The two ends of a chat on different gateways (when there are two), as most are.
+        urls = target.ws_urls
+        lefts = await open_sessions(urls, left, target.secret, None)
+        rights = await open_sessions(urls[1 % gateways :] + urls[: 1 % gateways], right, target.secret, None)
+
+        def route(n: int) -> Route:
+            # Every user sends: pair i in turn, its two ends alternating.
+            i = n % pairs
+            if (n // pairs) % 2 == 0:
+                return lefts[i], chats[i], [right[i]]
+            return rights[i], chats[i], [left[i]]
+
+        return Prepared(lefts + rights, route, 1)
+
+
+class Group(RateScenario):
+    async def prepare(self, target: Target) -> Prepared:
+        users = [unique("g") for _ in range(self.size)]
+        # Members connect before the group exists: presence tells every online contact when a
+        # member comes online, so connecting the members of an existing 5,000-member group is
+        # 12.5 million presence frames (docs/benchmarks.md, "Found on the way").
+        sessions = await open_sessions(target.ws_urls, users, target.secret, None)
+        [chat] = await target.create_chats([(users[0], users[1:], "group")])
+        recipients = users[1:]
+
+        def route(n: int) -> Route:
+            return sessions[0], chat, recipients
+
+        return Prepared(sessions, route, len(recipients))
+
+
+async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate: float) -> dict[str, Any]:
+    ledger = Ledger()
+    for session in prepared.sessions:
+        session.ledger = ledger
+    usage = Usage.of(target.processes)
+    writes = await target.database_writes()
+    usage.start()
+
+    async def send(n: int, due: float) -> None:
+        sender, chat, recipients = prepared.route(n)
+        ledger.expect(n, chat, due, recipients)
+        await sender.send_message(chat, ledger.content(n, PADDING), f"{ledger.run}-{n}")
+
+    schedule = await open_loop(rate, scenario.seconds, send)
+    drained_at = time.perf_counter()
+    settled = await ledger.settled(DRAIN_SECONDS)
+    drain = time.perf_counter() - drained_at
+    processes = usage.stop()
+    written = await target.database_writes()
+    latency = summary(ledger.to_last if prepared.fan_out > 1 else ledger.to_each)
+    result: dict[str, Any] = {
+        "rate": rate,
+        "seconds": scenario.seconds,
+        "sent": schedule.sent,
+        "achieved_rate": round(schedule.achieved_rate, 1),
+        "late_sends": schedule.late,
+        "worst_send_lag_ms": round(schedule.worst_lag * 1000, 1),
+        "deliveries": schedule.sent * prepared.fan_out,
+        "confirmed": ledger.confirmed,
+        "errors": dict(ledger.errors),
+        "lost": ledger.lost(),
+        "duplicates": ledger.duplicates,
+        "out_of_order": ledger.out_of_order,
+        "drain_seconds": round(drain, 2),
+        "latency_ms": latency,
+        "to_each_ms": summary(ledger.to_each),
+        "histogram": (ledger.to_last if prepared.fan_out > 1 else ledger.to_each).encode().decode(),
+        "processes": per_message(processes, schedule.sent),
+        "database_per_message": {
+            key: round((written[key] - writes[key]) / schedule.sent, 2) for key in ("commits", "rows")
+        },
+    }
+    generator = processes["load generator"]["cores"]
+    # One Python process does at most one core of work; near it, the generator is the limit.
+    result["generator_bound"] = generator > 0.85 or schedule.late > 0.01 * schedule.sent
+    result["held"] = bool(
+        settled
+        and result["lost"] == 0
+        and result["duplicates"] == 0
+        and result["out_of_order"] == 0
+        and not result["errors"]
+        and ledger.confirmed == schedule.sent
+        and latency.get("p99", float("inf")) <= scenario.target_p99_ms
+        and schedule.achieved_rate >= ACHIEVED_SHARE * rate
+    )
+    return result
+
+
+def per_message(processes: dict[str, dict[str, float]], messages: int) -> dict[str, dict[str, float]]:
+    """Adds each process's CPU per message sent, in microseconds."""
+    for row in processes.values():
+        if "cpu_seconds" in row and messages:
+            row["cpu_us_per_message"] = round(row["cpu_seconds"] / messages * 1e6, 1)
+    return processes
+
+
+async def ladder(target: Target, scenario: RateScenario, log: Callable[[str], None]) -> dict[str, Any]:
+    """Climb the rates until a step does not hold; the knee is the last one that did."""
+    prepared = await scenario.prepare(target)
+    steps = []
+    knee = None
+    try:
+        for rate in scenario.rates:
+            result = await step(target, prepared, scenario, rate)
+            steps.append(result)
+            latency = result["latency_ms"]
+            log(
+                f"  {target.name} {scenario.name} {rate:g}/s: p50 {latency.get('p50', 0):.1f} ms"
+                f" p99 {latency.get('p99', 0):.1f} ms lost {result['lost']} dup {result['duplicates']}"
+                f" errors {sum(result['errors'].values())} achieved {result['achieved_rate']:g}/s"
+                f" generator {result['processes']['load generator']['cores']:.2f} core"
+                f" -> {'held' if result['held'] else 'not held'}"
+            )
+            if not result["held"]:
+                break
+            knee = rate
+    finally:
+        await close_all(prepared.sessions)
+    return {"knee": knee, "steps": steps}

@@ -1,0 +1,272 @@
+"""Results as files: raw JSON, a markdown report, PNG plots, and the generated part of
+docs/benchmarks.md (between its `results` markers)."""
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+from hdrh.histogram import HdrHistogram  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+RATE_SCENARIOS = ("pairs", "group", "big group")
+# Broker publishes per message in the pairs scenario, counted from docs/architecture.md section 3:
+# MessageSent, MessageStored, the `message_sent` reply, `new_message` to the recipient and to the
+# sender's other devices, the acknowledgement (DeliveryAcked, routed to two queues: one publish)
+# and the `message_status` to the sender. Three of them are persistent events through quorum queues.
+BROKER_PUBLISHES_PER_MESSAGE = 7
+PERSISTENT_PUBLISHES_PER_MESSAGE = 3
+
+
+def _ms(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def _best(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    held = [s for s in steps if s["held"]]
+    return held[-1] if held else (steps[0] if steps else None)
+
+
+def headline(name: str, result: dict[str, Any]) -> tuple[str, float | None]:
+    """The scenario's one figure: what its target is about."""
+    if name in RATE_SCENARIOS:
+        knee = result.get("knee")
+        return (f"{knee:g} msg/s" if knee else "below the first rate"), knee
+    if name == "offline flush":
+        return f"{result['seconds']:.2f} s for {result['backlog']:,}", result["seconds"]
+    if name == "idle sessions":
+        last = result["steps"][-1]
+        return (
+            f"{last['rss_per_session_kb']:.1f} KB a session at {last['sessions']:,}",
+            last["rss_per_session_kb"],
+        )
+    if name == "reconnect storm":
+        return f"{result['seconds']:.2f} s for {result['sessions']:,}", result["seconds"]
+    raise ValueError(name)
+
+
+# Per scenario: what its figure is, the target for it, and which way is better.
+FIGURES = {
+    "pairs": ("knee: p99 send → receive ≤ 150 ms, nothing lost", "≥ 2,000 msg/s", "higher"),
+    "group": ("knee: p99 send → last member ≤ 500 ms", "≥ 20 msg/s", "higher"),
+    "big group": ("knee: p99 send → last member ≤ 1 s", "≥ 2 msg/s", "higher"),
+    "offline flush": ("connect → every queued message received", "≤ 1 s for 10,000", "lower"),
+    "idle sessions": ("gateway RSS per idle session", "≤ 30 KB at 20,000", "lower"),
+    "reconnect storm": ("drop, reconnect at once → all caught up", "≤ 10 s for 5,000", "lower"),
+}
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    lines = [f"Produced by `{command}` in {results['seconds'] / 60:.0f} min.", ""]
+    scenarios = results["scenarios"]
+    lines += [
+        "| scenario | figure | target | Switchboard | baseline | Switchboard ÷ baseline | better |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, by_target in scenarios.items():
+        ours = by_target.get("switchboard")
+        theirs = by_target.get("baseline")
+        if ours is None:
+            continue
+        text, value = headline(name, ours)
+        base_text, base_value = headline(name, theirs) if theirs else ("–", None)
+        ratio = f"{value / base_value:.2f}" if value and base_value else "–"
+        figure, target, better = FIGURES[name]
+        lines.append(f"| {name} | {figure} | {target} | {text} | {base_text} | {ratio} | {better} |")
+    lines.append("")
+    if "floor" in results:
+        lines += floor_section(results)
+    for name in RATE_SCENARIOS:
+        if name in scenarios:
+            lines += rate_section(name, scenarios[name])
+    for name in ("offline flush", "reconnect storm"):
+        if name in scenarios:
+            lines += once_section(name, scenarios[name])
+    if "idle sessions" in scenarios:
+        lines += idle_section(scenarios["idle sessions"])
+    return "\n".join(lines) + "\n"
+
+
+def floor_section(results: dict[str, Any]) -> list[str]:
+    floor = results["floor"]
+    broker = floor["broker_messages_per_second"]
+    single = floor["inserts_per_second_one_per_transaction"]
+    batched = floor["inserts_per_second_batched"]
+    lines = [
+        "### The floor",
+        "",
+        "| measured alone on this machine | per second |",
+        "|---|---|",
+        f"| RabbitMQ: persistent 512-byte messages, quorum queue, confirms, consumed | {broker:,.0f} |",
+        f"| PostgreSQL: inserts, one per transaction | {single:,.0f} |",
+        f"| PostgreSQL: inserts, 100 per transaction | {batched:,.0f} |",
+        "",
+    ]
+    pairs = results["scenarios"].get("pairs", {}).get("switchboard")
+    if pairs and pairs.get("knee"):
+        allowed = broker / PERSISTENT_PUBLISHES_PER_MESSAGE
+        lines += [
+            f"A pairs message makes {BROKER_PUBLISHES_PER_MESSAGE} broker publishes, "
+            f"{PERSISTENT_PUBLISHES_PER_MESSAGE} of them persistent through quorum queues: the broker "
+            f"alone allows about {allowed:,.0f} msg/s. Switchboard's knee, {pairs['knee']:g} msg/s, is "
+            f"**{pairs['knee'] / allowed:.1%}** of that.",
+            "",
+        ]
+    return lines
+
+
+def rate_section(name: str, by_target: dict[str, Any]) -> list[str]:
+    any_result = next(iter(by_target.values()))
+    lines = [
+        f"### {name}: {any_result['what']}",
+        "",
+        f"Latency is {any_result['figure']}, from when the send was due.",
+        "",
+        "| system | rate | achieved | p50 ms | p90 | p99 | p99.9 | max | lost | dup | reordered | refused"
+        " | generator cores | held |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target, result in by_target.items():
+        for s in result["steps"]:
+            lat = s["latency_ms"]
+            generator = f"{s['processes']['load generator']['cores']:.2f}"
+            lines.append(
+                f"| {target} | {s['rate']:g} | {s['achieved_rate']:g} | {_ms(lat.get('p50'))} | "
+                f"{_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {_ms(lat.get('p99.9'))} | "
+                f"{_ms(lat.get('max'))} | {s['lost']} | {s['duplicates']} | {s['out_of_order']} | "
+                f"{sum(s['errors'].values())} | {generator}{' (bound)' if s['generator_bound'] else ''} | "
+                f"{'yes' if s['held'] else 'no'} |"
+            )
+    lines += ["", *cpu_table(by_target), ""]
+    return lines
+
+
+def cpu_table(by_target: dict[str, Any]) -> list[str]:
+    """CPU per message by process, at each system's best step (its knee, or its first step)."""
+    lines = [
+        "CPU per message sent, in microseconds, at each system's knee (or first step), and peak RSS:",
+        "",
+        "| system | rate | process | µs CPU / message | cores | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for target, result in by_target.items():
+        best = _best(result["steps"])
+        if best is None:
+            continue
+        for process, row in best["processes"].items():
+            if "cpu_seconds" not in row:
+                continue
+            lines.append(
+                f"| {target} | {best['rate']:g} | {process} | {row.get('cpu_us_per_message', 0):,.0f} | "
+                f"{row['cores']:.2f} | {row.get('peak_rss_mb', '–')} |"
+            )
+    return lines
+
+
+def once_section(name: str, by_target: dict[str, Any]) -> list[str]:
+    lines = [f"### {name}", "", "| system | figure | lost | dup | reordered |", "|---|---|---|---|---|"]
+    for target, result in by_target.items():
+        text, _ = headline(name, result)
+        reordered = result.get("out_of_order", "–")
+        lines.append(f"| {target} | {text} | {result['lost']} | {result['duplicates']} | {reordered} |")
+    lines += ["", *cpu_rows(by_target, "message"), ""]
+    return lines
+
+
+def cpu_rows(by_target: dict[str, Any], unit: str) -> list[str]:
+    lines = [f"| system | process | µs CPU / {unit} | cores |", "|---|---|---|---|"]
+    for target, result in by_target.items():
+        for process, row in result["processes"].items():
+            if "cpu_seconds" in row:
+                lines.append(
+                    f"| {target} | {process} | {row.get('cpu_us_per_message', 0):,.0f} | {row['cores']:.2f} |"
+                )
+    return lines
+
+
+def idle_section(by_target: dict[str, Any]) -> list[str]:
+    lines = [
+        "### idle sessions (all on one gateway)",
+        "",
+        "| system | sessions | connected in s | gateway RSS MB | KB a session |",
+        "|---|---|---|---|---|",
+    ]
+    for target, result in by_target.items():
+        for s in result["steps"]:
+            lines.append(
+                f"| {target} | {s['sessions']:,} | {s['connect_seconds']} | {s['gateway_rss_mb']} | "
+                f"{s['rss_per_session_kb']} |"
+            )
+    return [*lines, ""]
+
+
+def plots(results: dict[str, Any], out: Path) -> list[Path]:
+    made = []
+    for name in RATE_SCENARIOS:
+        by_target = results["scenarios"].get(name)
+        if not by_target:
+            continue
+        figure, (ladder_ax, spread_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for target, result in by_target.items():
+            steps = result["steps"]
+            rates = [s["rate"] for s in steps]
+            for q, style in (("p50", "--"), ("p99", "-")):
+                values = [s["latency_ms"].get(q, float("nan")) for s in steps]
+                ladder_ax.plot(rates, values, style, marker="o", label=f"{target} {q}")
+            best = _best(steps)
+            if best is not None and best["latency_ms"].get("count"):
+                xs, ys = percentile_curve(best["histogram"])
+                spread_ax.plot(xs, ys, label=f"{target} at {best['rate']:g}/s")
+        target_ms = next(iter(by_target.values()))["target_p99_ms"]
+        if math.isfinite(target_ms):
+            ladder_ax.axhline(target_ms, color="grey", linewidth=0.8, label="p99 target")
+        ladder_ax.set(
+            xlabel="offered rate, messages/s", ylabel="latency, ms", yscale="log", title=f"{name}: ladder"
+        )
+        spread_ax.set(
+            xlabel="percentile",
+            ylabel="latency, ms",
+            yscale="log",
+            xscale="logit",
+            title=f"{name}: at the knee",
+        )
+        for ax in (ladder_ax, spread_ax):
+            ax.grid(True, which="both", linewidth=0.3)
+            ax.legend(fontsize="small")
+        path = out / f"{name.replace(' ', '-')}.png"
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        made.append(path)
+    return made
+
+
+def percentile_curve(encoded: str) -> tuple[list[float], list[float]]:
+    histogram = HdrHistogram.decode(encoded.encode())
+    qs = [50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99]
+    return [q / 100 for q in qs], [histogram.get_value_at_percentile(q) / 1000 for q in qs]
+
+
+def write(results: dict[str, Any], out: Path, command: str, *, update_docs: bool) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    text = markdown(results, command)
+    images = plots(results, out)
+    links = "\n".join(f"![{p.stem}]({p.name})" for p in images)
+    (out / "results.md").write_text(f"# Benchmark results\n\n{text}\n{links}\n")
+    if update_docs and DOCS.exists():
+        relative = out.relative_to(ROOT)
+        doc_links = "\n".join(f"![{p.stem}](../{relative}/{p.name})" for p in images)
+        docs = DOCS.read_text()
+        head, _, rest = docs.partition(START)
+        _, _, tail = rest.partition(END)
+        DOCS.write_text(f"{head}{START}\n{text}\n{doc_links}\n{END}{tail}")
+    return text

@@ -154,8 +154,8 @@ def cpu_table(by_target: dict[str, Any]) -> list[str]:
     lines = [
         "CPU per message sent, in microseconds, at each system's knee (or first step), and peak RSS:",
         "",
-        "| system | rate | process | µs CPU / message | cores | peak RSS MB |",
-        "|---|---|---|---|---|---|",
+        "| system | rate | process | µs CPU / message | writes / message | cores | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for target, result in by_target.items():
         best = _best(result["steps"])
@@ -166,7 +166,7 @@ def cpu_table(by_target: dict[str, Any]) -> list[str]:
                 continue
             lines.append(
                 f"| {target} | {best['rate']:g} | {process} | {row.get('cpu_us_per_message', 0):,.0f} | "
-                f"{row['cores']:.2f} | {row.get('peak_rss_mb', '–')} |"
+                f"{row.get('writes_per_message', 0):,.1f} | {row['cores']:.2f} | {row.get('peak_rss_mb', '–')} |"
             )
     return lines
 

@@ -47,12 +47,23 @@ class Group:
     # Only a group of one process has a meaningful peak RSS (backends share memory).
     memory: bool = True
     cpu_start: float = 0.0
+    writes_start: int = 0
 
     def cpu(self) -> float:
         total = 0.0
         for process in self.processes:
             with contextlib.suppress(psutil.Error):
                 total += _cpu(process)
+        return total
+
+    def writes(self) -> int:
+        """write(2)-family system calls so far: every frame to the broker, query to the database
+        and frame to a client is one unless batched, and on loopback each costs the kernel's TCP
+        path for both ends."""
+        total = 0
+        for process in self.processes:
+            with contextlib.suppress(psutil.Error):
+                total += process.io_counters().write_count
         return total
 
 
@@ -76,6 +87,7 @@ class Usage:
     def start(self) -> None:
         for group in self.groups:
             group.cpu_start = group.cpu()
+            group.writes_start = group.writes()
             if group.memory:
                 for process in group.processes:
                     _reset_peak(process.pid)
@@ -87,7 +99,11 @@ class Usage:
         result: dict[str, dict[str, float]] = {}
         for group in self.groups:
             cpu = group.cpu() - group.cpu_start
-            row = {"cpu_seconds": round(cpu, 3), "cores": round(cpu / seconds, 3) if seconds else 0.0}
+            row = {
+                "cpu_seconds": round(cpu, 3),
+                "cores": round(cpu / seconds, 3) if seconds else 0.0,
+                "writes": group.writes() - group.writes_start,
+            }
             if group.memory:
                 with contextlib.suppress(psutil.Error, OSError):
                     process = group.processes[0]

@@ -1,7 +1,7 @@
 """The broker connection every service shares: one robust connection, one confirming channel."""
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -18,6 +18,7 @@ from pamqp.commands import Basic
 from switchboard_contracts.events import Envelope
 from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, SUBSCRIPTIONS, Topology
 
+from . import frames
 from .retry import connect_retrying
 
 __all__ = ["DELIVERY_LIMIT", "Bus", "declare_service_queue", "encode_envelope"]
@@ -95,6 +96,7 @@ class Bus:
         return self._channel
 
     async def connect(self) -> None:
+        frames.install()
         async for attempt in connect_retrying("rabbitmq", CONNECT_ERRORS):
             with attempt:
                 # 10 s heartbeats notice a dead broker or a stalled peer within about 20 s,
@@ -168,5 +170,19 @@ class Bus:
             if persistent
             else aio_pika.DeliveryMode.NOT_PERSISTENT,
         )
-        result = await self._exchanges[exchange].publish(message, routing_key, mandatory=mandatory)
+        # As aio-pika's Exchange.publish, but without waiting for the frame to be written before
+        # the next publish may queue its own (`wait=False`): publishes gathered by a caller then
+        # queue together and go out in one socket write (frames.py). The confirm is still awaited.
+        if self.channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{self.channel!r} closed")
+        # aiormq's abstract channel does not declare `wait`; its one implementation has it.
+        channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+        result = await channel.basic_publish(
+            body,
+            exchange=self._exchanges[exchange].name,
+            routing_key=routing_key,
+            properties=message.properties,
+            mandatory=mandatory,
+            wait=False,
+        )
         return not mandatory or isinstance(result, Basic.Ack)

@@ -103,16 +103,15 @@ async def on_message_stored(event: MessageStored, ctx: HandlerContext, *, previe
         await _reply(ctx.bus, event.origin, info)
         if offline:
             # Only now is it known who no gateway holds; the transaction of the handler is over.
-            await _request_notifications(ctx.pool, ctx.outbox.source, message, offline, preview_chars)
+            await _request_notifications(ctx.pool, ctx.outbox.fresh(), message, offline, preview_chars)
 
     ctx.after_commit.append(route)
 
 
 async def _request_notifications(
-    pool: asyncpg.Pool, source: str, message: MessageOut, offline: Sequence[str], preview_chars: int
+    pool: asyncpg.Pool, outbox: OutboxWriter, message: MessageOut, offline: Sequence[str], preview_chars: int
 ) -> None:
     """One NotificationRequested per (message, recipient), however often this runs."""
-    outbox = OutboxWriter(source)
     async with pool.acquire() as conn, conn.transaction():
         for user in await store.request_notifications(conn, message, offline):
             outbox.emit(

@@ -5,6 +5,9 @@ system stands. It starts its own system (one gateway unless told otherwise) with
 database and broker namespace, like the integration tests, and prints one line of figures.
 
     .venv/bin/python -m bench.pairs --pairs 50 --rate 500 --seconds 10
+    .venv/bin/python -m bench.pairs --pairs 100 --rate 150 --seconds 15 --gateways 2 --instances 2
+
+`--instances N` runs N instances each of messages and delivery (the partitioned services).
 
 Loopback only; bounded by --seconds and by the message count rate x seconds.
 """
@@ -27,12 +30,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def run(pairs: int, rate: float, seconds: float, gateways: int) -> None:
+async def run(pairs: int, rate: float, seconds: float, gateways: int, instances: int = 1) -> None:
     amqp = os.environ.get("CHAT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     database = os.environ.get(
         "CHAT_DATABASE_URL", "postgresql://switchboard:switchboard@127.0.0.1:5432/switchboard"
     )
     async with running_system(amqp, database, gateways=gateways) as system:
+        for _ in range(instances - 1):
+            await asyncio.gather(system.add_instance("messages"), system.add_instance("delivery"))
         users = [(unique("s"), unique("r")) for _ in range(pairs)]
         apis = [Api(system, sender) for sender, _ in users]
         chats = await asyncio.gather(
@@ -80,7 +85,8 @@ async def run(pairs: int, rate: float, seconds: float, gateways: int) -> None:
                     stored = datetime.fromisoformat(message["created_at"]).timestamp() - offset
                     to_store.append(stored - scheduled[key])
         print(
-            f"pairs={pairs} gateways={gateways} target={rate:.0f}/s sent={total} in {sent_at - start:.1f}s"
+            f"pairs={pairs} gateways={gateways} instances={instances} target={rate:.0f}/s"
+            f" sent={total} in {sent_at - start:.1f}s"
             f" (late sends {late}) all received after {done - start:.1f}s;"
             f" send->receive p50={percentile(latencies, 0.5) * 1000:.0f}ms"
             f" p99={percentile(latencies, 0.99) * 1000:.0f}ms max={max(latencies) * 1000:.0f}ms;"
@@ -97,7 +103,7 @@ async def run(pairs: int, rate: float, seconds: float, gateways: int) -> None:
 async def print_batches(system: System) -> None:
     """Batch sizes and times per service, from their own /metrics."""
     async with httpx.AsyncClient() as http:
-        for name in ("messages", "delivery", "presence"):
+        for name in [*system.instances("messages"), *system.instances("delivery"), "presence"]:
             text = (await http.get(f"{system.processes[name].url}/metrics")).text
             samples = {
                 sample.name: sample.value
@@ -121,8 +127,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="messages per second, all pairs together")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--gateways", type=int, default=1)
+    parser.add_argument(
+        "--instances", type=int, default=1, help="instances each of messages and delivery (at most 4)"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.pairs, args.rate, min(args.seconds, 120.0), args.gateways))
+    asyncio.run(run(args.pairs, args.rate, min(args.seconds, 120.0), args.gateways, min(args.instances, 4)))
 
 
 if __name__ == "__main__":

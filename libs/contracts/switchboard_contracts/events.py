@@ -261,6 +261,10 @@ class FlushRequested(Event):
     flush_id: str
     # Delivery's position of the last message already flushed to this session.
     after_position: int
+    # The `sb-cursor` of the page before, as it came: where each partition's part of the backlog
+    # continues. Empty from a gateway that does not know it (delivery then continues after
+    # `after_position` everywhere).
+    after_cursor: str = ""
 
 
 class SessionRegistered(Event):

@@ -113,6 +113,9 @@ class Headers:
     # to continue after.
     COUNT = "sb-count"
     MORE = "sb-more"
+    # On "flush-done" with "sb-more": where each partition's part of the backlog continues, an
+    # opaque token the gateway sends back with its next page request (delivery's domain.py).
+    CURSOR = "sb-cursor"
     # On "flush" and "flush-done": which catch-up and which page (the position it started after)
     # they belong to, so a late or repeated page is recognised and ignored.
     FLUSH = "sb-flush"

@@ -4,8 +4,9 @@
     switchboard-admin dlq replay <service> (--id <envelope id> ... | --all)
 
 `<service>` is a name of SUBSCRIPTIONS or OPTIONAL_SUBSCRIPTIONS (messages, delivery, presence,
-webhook); its dead letters are in `<ns>.<service>.dead`. Settings come from the same `CHAT_*`
-variables as the services (`CHAT_AMQP_URL`, `CHAT_NAMESPACE`).
+webhook); its dead letters are in `<ns>.<service>.dead`, one queue whatever its partitions, and a
+replay sends each back to the queue of its partition. Settings come from the same `CHAT_*`
+variables as the services (`CHAT_AMQP_URL`, `CHAT_NAMESPACE`, `CHAT_PARTITIONS`).
 
 Safe while the services run: no service consumes a dead-letter queue, and this command takes
 messages from it only as unacknowledged deliveries. Whatever it does not explicitly acknowledge

@@ -55,9 +55,8 @@ class Membership:
         self._clock = clock
         self._seen: dict[str, float] = {}
         self._live: tuple[str, ...] = (self.id,)
-        # Set whenever the live set changes (or any heartbeat arrives: `heard`), for the consumer.
+        # Set whenever the live set changes; the consumer clears it when it has looked.
         self.changed = asyncio.Event()
-        self.heard = asyncio.Event()
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
 
@@ -92,7 +91,7 @@ class Membership:
             try:
                 await self._announce(leaving=False)
             except Exception:  # the broker is away: the robust connection comes back by itself
-                log.warning("heartbeat not published", service=self.service)
+                log.warning("heartbeat not published")
             self._update()
             await asyncio.sleep(self.heartbeat_seconds)  # the heartbeat's clock
 
@@ -112,13 +111,12 @@ class Membership:
             data = orjson.loads(message.body)
             instance, leaving = str(data["instance"]), bool(data.get("leaving", False))
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.warning("unreadable heartbeat ignored", service=self.service)
+            log.warning("unreadable heartbeat ignored")
             return
         if leaving:
             self._seen.pop(instance, None)
         else:
             self._seen[instance] = self._clock()
-        self.heard.set()
         self._update()
 
     def _update(self) -> None:
@@ -128,6 +126,6 @@ class Membership:
                 del self._seen[instance]
         live = tuple(sorted({self.id, *self._seen}))
         if live != self._live:
-            log.info("instances changed", service=self.service, instances=list(live), me=self.id)
+            log.info("instances changed", instances=list(live), me=self.id)
             self._live = live
             self.changed.set()

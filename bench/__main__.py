@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument(
         "--rates", type=lambda text: [float(r) for r in text.split(",")], help="the ladder, e.g. 100,200,400"
     )
+    parser.add_argument(
+        "--instances", type=int, default=1, choices=range(1, 5), help="of messages and delivery each (1-4)"
+    )
     parser.add_argument("--out", type=Path, help="results directory (default bench/results/<date>)")
     args = parser.parse_args()
 
@@ -68,10 +71,13 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     out = args.out or report.ROOT / "bench" / "results" / (f"{stamp}-short" if args.short else stamp)
     command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
-    results = asyncio.run(run(sizes, scenarios, targets, log, with_floor=not args.no_floor))
+    results = asyncio.run(
+        run(sizes, scenarios, targets, log, with_floor=not args.no_floor, instances=args.instances)
+    )
     results["command"] = command
     # Only a full run of everything speaks for the whole suite in the docs.
-    complete = not args.short and not (args.scenario or args.target or args.seconds or args.rates)
+    complete = not args.short and args.instances == 1
+    complete = complete and not (args.scenario or args.target or args.seconds or args.rates)
     print(report.write(results, out, command, update_docs=complete))
     log(f"results in {out}")
     found = failures(results)

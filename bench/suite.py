@@ -68,7 +68,10 @@ FULL = Sizes(
         5000,
     ),
     flush_backlog=10_000,
-    idle_levels=[5_000, 10_000, 20_000],
+    # 20,000 is the target, but a process here may hold at most 20,000 files (a hard limit that
+    # needs CAP_SYS_RESOURCE to raise, which this machine's sessions do not have), and the gateway
+    # needs a few for itself: 19,500 sessions is as close as this machine allows.
+    idle_levels=[5_000, 10_000, 19_500],
     storm_sessions=5_000,
     floor_messages=20_000,
     targets=TARGETS_FULL,
@@ -105,9 +108,9 @@ def adjusted(sizes: Sizes, seconds: float | None, rates: list[float] | None) -> 
 SCENARIOS = ("pairs", "group", "big group", "offline flush", "idle sessions", "reconnect storm")
 
 
-async def run_scenario(name: str, target: str, sizes: Sizes, log: Log) -> dict[str, Any]:
+async def run_scenario(name: str, target: str, sizes: Sizes, log: Log, instances: int) -> dict[str, Any]:
     start = TARGETS[target]
-    async with start() as system:
+    async with start(instances=instances) as system:
         if name in ("pairs", "group", "big group"):
             scenario = {"pairs": sizes.pairs, "group": sizes.group, "big group": sizes.big_group}[name]
             return {**scenario.describe(), **await ladder(system, scenario, log)}
@@ -121,10 +124,16 @@ async def run_scenario(name: str, target: str, sizes: Sizes, log: Log) -> dict[s
 
 
 async def run(
-    sizes: Sizes, scenarios: list[str], targets: list[str], log: Log, *, with_floor: bool = True
+    sizes: Sizes,
+    scenarios: list[str],
+    targets: list[str],
+    log: Log,
+    *,
+    with_floor: bool = True,
+    instances: int = 1,
 ) -> dict[str, Any]:
     raise_open_files()
-    results: dict[str, Any] = {"scenarios": {}, "started": time.time()}
+    results: dict[str, Any] = {"scenarios": {}, "started": time.time(), "instances": instances}
     if with_floor:
         log("floor: the broker and the database alone")
         results["floor"] = await floor.run(sizes.floor_messages, 512, 256, 100)
@@ -133,7 +142,7 @@ async def run(
         results["scenarios"][name] = {}
         for target in targets:
             log(f"{name}: {target}")
-            results["scenarios"][name][target] = await run_scenario(name, target, sizes, log)
+            results["scenarios"][name][target] = await run_scenario(name, target, sizes, log, instances)
     results["seconds"] = round(time.time() - results["started"], 1)
     return results
 

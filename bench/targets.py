@@ -103,9 +103,13 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def switchboard(gateways: int = 2) -> AsyncIterator[Target]:
-    """Messages, delivery and presence as one process each, and `gateways` gateways."""
+async def switchboard(gateways: int = 2, instances: int = 1) -> AsyncIterator[Target]:
+    """Messages and delivery as `instances` processes each (sharing the partitions), presence as
+    one, and `gateways` gateways."""
     async with running_system(AMQP_URL, DATABASE_URL, gateways=gateways, **SWITCHBOARD_SETTINGS) as system:
+        for _ in range(instances - 1):
+            await system.add_instance("messages")
+            await system.add_instance("delivery")
         processes = {name: process.popen.pid for name, process in system.processes.items() if process.popen}
         yield Target(
             "switchboard",
@@ -120,8 +124,9 @@ async def switchboard(gateways: int = 2) -> AsyncIterator[Target]:
 
 
 @contextlib.asynccontextmanager
-async def baseline() -> AsyncIterator[Target]:
-    """The room-based reference server: one process, a query per recipient."""
+async def baseline(gateways: int = 2, instances: int = 1) -> AsyncIterator[Target]:
+    """The room-based reference server: one process, a query per recipient (the arguments are
+    Switchboard's and do not apply)."""
     async with running_baseline(DATABASE_URL, secret=JWT_SECRET) as server:
         yield Target(
             "baseline",

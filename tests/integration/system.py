@@ -23,6 +23,9 @@ import asyncpg
 import httpx
 from tenacity import AsyncRetrying, stop_after_delay, stop_any, wait_fixed
 
+from switchboard_contracts.partitions import DEFAULT_PARTITIONS
+from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, PARTITIONED, SUBSCRIPTIONS, Topology
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 JWT_SECRET = "integration-tests-secret-of-at-least-32-bytes"
@@ -181,6 +184,29 @@ class System:
             name, [str(BIN / f"switchboard-{service}")], self.env(**env), port, self.logdir / f"{name}.log"
         )
 
+    @property
+    def topology(self) -> Topology:
+        return Topology(self.namespace, int(self.settings.get("CHAT_PARTITIONS", DEFAULT_PARTITIONS)))
+
+    def instances(self, service: str) -> list[str]:
+        """The names of the processes of a service: `messages`, then `messages-2`, ..."""
+        return [name for name in self.processes if name == service or name.startswith(f"{service}-")]
+
+    async def add_instance(self, service: str) -> str:
+        """Start one more instance of messages, delivery or presence beside the running ones;
+        returns its process name (`<service>-2`, `<service>-3`, ...) once it is ready."""
+        index = 2
+        while f"{service}-{index}" in self.processes:
+            index += 1
+        name, port = f"{service}-{index}", free_port()
+        self._add(name, service, port, **{f"CHAT_{service.upper()}_PORT": str(port)})
+        await self.restart(name)
+        return name
+
+    def terminate(self, name: str) -> None:
+        """SIGTERM, and wait for the process to end (it hands its partitions over first)."""
+        self.processes[name].stop(signal.SIGTERM)
+
     def kill(self, name: str) -> None:
         """kill -9: no goodbye, no flush, no ack."""
         self.processes[name].stop(signal.SIGKILL)
@@ -205,12 +231,15 @@ class System:
             await conn.close()
 
     async def _remove_broker_objects(self) -> None:
+        topology = self.topology
         connection = await aio_pika.connect(self.amqp_url)
         async with connection:
             channel = await connection.channel()
-            for service in ("messages", "delivery", "presence", "webhook"):
-                for queue in (f"{self.namespace}.{service}", f"{self.namespace}.{service}.dead"):
+            for service in (*SUBSCRIPTIONS, *OPTIONAL_SUBSCRIPTIONS):
+                for queue in (*topology.queues(service), topology.dead_letter_queue(service)):
                     await channel.queue_delete(queue)
+            for service in PARTITIONED:
+                await channel.exchange_delete(topology.instances_exchange(service))
             for exchange in ("events", "route", "dead-letter"):
                 await channel.exchange_delete(f"{self.namespace}.{exchange}")
 

@@ -97,12 +97,13 @@ class Events(Recorder[Published]):
     """The bus as the test sees it: an exclusive queue of its own on `<ns>.events`."""
 
     @contextlib.asynccontextmanager
-    async def observing(self, system: System, *routing_keys: str) -> AsyncIterator[None]:
+    async def observing(self, system: System, *event_types: str) -> AsyncIterator[None]:
         async with await aio_pika.connect(system.amqp_url) as connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(exclusive=True)
-            for key in routing_keys:
-                await queue.bind(f"{system.namespace}.events", routing_key=key)
+            for event_type in event_types:
+                # Every partition: the routing key is `<type>.<partition>`.
+                await queue.bind(f"{system.namespace}.events", routing_key=f"{event_type}.*")
 
             async def record(message: AbstractIncomingMessage) -> None:
                 await self.add(Published(Envelope.model_validate_json(message.body), message.body))

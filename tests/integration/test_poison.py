@@ -17,8 +17,9 @@ from structlog.testing import capture_logs
 from tenacity import AsyncRetrying, stop_after_delay, wait_fixed
 
 from switchboard_contracts.events import ChatCreated, ChatMemberAdded, Envelope, Event
-from switchboard_contracts.topology import Topology
-from switchboard_runtime.amqp import DELIVERY_LIMIT, Bus, declare_service_queue
+from switchboard_contracts.partitions import event_routing_key, partition_key, partition_of
+from switchboard_contracts.topology import PARTITIONED, Topology
+from switchboard_runtime.amqp import DELIVERY_LIMIT, Bus, declare_service_queues
 from switchboard_runtime.consumer import BATCH_RETRY_SECONDS, EventConsumer, HandlerContext
 from switchboard_runtime.db import create_pool
 
@@ -128,6 +129,14 @@ async def first_delivery(queue: AbstractQueue, timeout: float = 30) -> AbstractI
         return await got
 
 
+def queue_of(topology: Topology, service: str, envelope: Envelope) -> str:
+    """The queue an event reaches in a service: its partition's, or the service's one queue."""
+    if service not in PARTITIONED:
+        return topology.service_queue(service)
+    key = partition_key(envelope.type, envelope.data)
+    return topology.partition_queue(service, partition_of(key, topology.partitions))
+
+
 def poison(chat_members: list[str]) -> Envelope:
     event = ChatCreated(
         chat_id=uuid.uuid4(),
@@ -151,7 +160,7 @@ async def test_poison_is_dead_lettered_without_blocking_and_can_be_listed_and_re
     poison_system: System,
 ) -> None:
     system = poison_system
-    topology = Topology(system.namespace)
+    topology = system.topology
     a, b = unique("a"), unique("b")
     api = Api(system, a)
     chat = await api.create_chat([b])
@@ -167,7 +176,8 @@ async def test_poison_is_dead_lettered_without_blocking_and_can_be_listed_and_re
             await alice.send_message(chat, f"m{i}")
             if i % POISON_EVERY == POISON_EVERY // 2:
                 poisons.append(poison([a, b]))
-                await publish(system.amqp_url, topology.events_exchange, ChatCreated.TYPE, poisons[-1])
+                key = event_routing_key(ChatCreated.TYPE, poisons[-1].data, topology.partitions)
+                await publish(system.amqp_url, topology.events_exchange, key, poisons[-1])
 
         # Nothing healthy is held up behind the poison.
         await bob.wait_messages(HEALTHY, timeout=60)
@@ -177,13 +187,13 @@ async def test_poison_is_dead_lettered_without_blocking_and_can_be_listed_and_re
                 headers = await watch.wait(service, str(envelope.id))
                 death = headers["x-death"][0]
                 assert (death["reason"], death["count"]) == ("rejected", 1)
-                assert death["queue"] == topology.service_queue(service)
+                assert death["queue"] == queue_of(topology, service, envelope)
 
         ids = [str(envelope.id) for envelope in poisons]
         listed = await listing_until(system, "delivery", lambda out: all(i in out for i in ids))
         for line in (line for line in listed.splitlines() if ids[0] in line):
             assert ChatCreated.TYPE in line and "rejected x1" in line
-            assert f"first died in {topology.service_queue('delivery')}" in line
+            assert f"first died in {queue_of(topology, 'delivery', poisons[0])}" in line
         # Listing took nothing away: a second listing still shows all of them.
         await listing_until(system, "delivery", lambda out: all(i in out for i in ids))
 
@@ -196,7 +206,10 @@ async def test_poison_is_dead_lettered_without_blocking_and_can_be_listed_and_re
 
         code, out = await admin(system, "dlq", "replay", "delivery", "--id", ids[0], "--id", str(healthy.id))
         assert code == 0, out
-        assert f"2 message(s) replayed to {topology.service_queue('delivery')}" in out
+        # Each back to the queue of its own partition (the chat's), not to one service queue.
+        assert "2 message(s) replayed to" in out
+        for envelope in (poisons[0], healthy):
+            assert queue_of(topology, "delivery", envelope) in out
         # The healthy one is handled: its members hear that Erin joined.
         joined = await bob.next("member_joined", timeout=60)
         assert joined["user_id"] == erin
@@ -237,7 +250,8 @@ async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_aft
         for _ in range(DELIVERY_LIMIT + 1):
             connection = await aio_pika.connect(amqp_url)
             channel = await connection.channel()
-            queue = await declare_service_queue(channel, topology, "delivery")
+            queues = await declare_service_queues(channel, topology, "delivery")
+            queue = next(q for q in queues if q.name == queue_of(topology, "delivery", deadly))
             message = await first_delivery(queue)
             deliveries += 1
             assert message.message_id == str(deadly.id)
@@ -285,10 +299,12 @@ class LoneConsumer:
         self.task = asyncio.create_task(consumer.run())
 
     async def publish(self, *titles: str) -> list[Envelope]:
+        # One chat id for all: one partition, so published together they arrive as one batch.
+        chat_id = uuid.uuid4()
         envelopes = [
             Envelope.wrap(
                 ChatCreated(
-                    chat_id=uuid.uuid4(),
+                    chat_id=chat_id,
                     chat_type="group",
                     title=title,
                     members=["a", "b"],

@@ -44,10 +44,17 @@ def _now() -> datetime:
 
 
 class Event(BaseModel):
-    """Base of every payload; `TYPE` is the routing key and the envelope's `type`."""
+    """Base of every payload; `TYPE` starts the routing key and is the envelope's `type`.
+
+    `PARTITION_BY` names the payload field (a dotted path into `data`) whose value decides the
+    event's partition (`partitions.py`): the chat for what happens in a chat, the user for what
+    happens to one user's sessions and devices. Events with the same key are handled in order,
+    by one instance at a time; events with different keys may be handled side by side.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     TYPE: ClassVar[str]
+    PARTITION_BY: ClassVar[str]
 
 
 class Envelope(BaseModel):
@@ -81,6 +88,7 @@ class Origin(BaseModel):
 
 class MessageSent(Event):
     TYPE = "chat.message.sent.v1"
+    PARTITION_BY = "chat_id"
 
     chat_id: UUID
     sender_id: str
@@ -93,6 +101,7 @@ class MessageSent(Event):
 
 class MessageStored(Event):
     TYPE = "chat.message.stored.v1"
+    PARTITION_BY = "message.chat_id"
 
     message: MessageOut
     temp_id: str | int
@@ -101,6 +110,7 @@ class MessageStored(Event):
 
 class ChatCreated(Event):
     TYPE = "chat.created.v1"
+    PARTITION_BY = "chat_id"
 
     chat_id: UUID
     chat_type: ChatType
@@ -112,6 +122,7 @@ class ChatCreated(Event):
 
 class ChatMemberAdded(Event):
     TYPE = "chat.member.added.v1"
+    PARTITION_BY = "chat_id"
 
     chat_id: UUID
     user_id: str
@@ -120,6 +131,7 @@ class ChatMemberAdded(Event):
 
 class ChatMemberRemoved(Event):
     TYPE = "chat.member.removed.v1"
+    PARTITION_BY = "chat_id"
 
     chat_id: UUID
     user_id: str
@@ -130,6 +142,9 @@ class DeliveryAcked(Event):
     """A device confirmed it received these messages: those deliveries are done."""
 
     TYPE = "chat.delivery.acked.v1"
+    # By user, not chat: one ack names messages of many chats. Delivery and messages handle it
+    # beside the chats' partitions; docs/scaling.md says why that stays correct.
+    PARTITION_BY = "user_id"
 
     user_id: str
     session_id: str
@@ -140,6 +155,7 @@ class ChatReadMarked(Event):
     """A session marked a chat read up to `seq` (the client's `mark_read`); messages checks it."""
 
     TYPE = "chat.read.marked.v1"
+    PARTITION_BY = "chat_id"
 
     chat_id: UUID
     user_id: str
@@ -151,6 +167,7 @@ class MessagesDelivered(Event):
     """Receipts: these messages reached one of `user_id`'s devices for the first time."""
 
     TYPE = "chat.messages.delivered.v1"
+    PARTITION_BY = "chat_id"
 
     chat_id: UUID
     user_id: str
@@ -161,6 +178,9 @@ class MessagesRead(Event):
     """Receipts: `user_id` read the chat up to `up_to_seq`; `message_ids` became read by it."""
 
     TYPE = "chat.messages.read.v1"
+    # With the chat's messages in delivery: a read handled between a message and its
+    # notification request keeps the request from being made at all.
+    PARTITION_BY = "chat_id"
 
     chat_id: UUID
     user_id: str
@@ -172,6 +192,8 @@ class NotificationRequested(Event):
     """A message was queued for a member with no online session: a push service may notify."""
 
     TYPE = "chat.notification.requested.v1"
+    # A partitioned push service would keep one recipient's requests and cancellations in order.
+    PARTITION_BY = "recipient_id"
 
     recipient_id: str
     chat_id: UUID
@@ -186,6 +208,7 @@ class NotificationCancelled(Event):
     """A notification requested earlier is moot: a device of the recipient received or read it."""
 
     TYPE = "chat.notification.cancelled.v1"
+    PARTITION_BY = "recipient_id"
 
     recipient_id: str
     chat_id: UUID
@@ -195,6 +218,7 @@ class NotificationCancelled(Event):
 
 class SessionOpened(Event):
     TYPE = "gateway.session.opened.v1"
+    PARTITION_BY = "user_id"
 
     session_id: str
     user_id: str
@@ -207,6 +231,7 @@ class SessionOpened(Event):
 
 class SessionClosed(Event):
     TYPE = "gateway.session.closed.v1"
+    PARTITION_BY = "user_id"
 
     session_id: str
     user_id: str
@@ -215,6 +240,8 @@ class SessionClosed(Event):
 
 class GatewayHeartbeat(Event):
     TYPE = "gateway.heartbeat.v1"
+    # Presence, which is not partitioned, takes every partition; the key only spreads them.
+    PARTITION_BY = "gateway_id"
 
     gateway_id: str
     sessions: int
@@ -224,6 +251,9 @@ class FlushRequested(Event):
     """A session took one page of its queue flush and has room for the next one."""
 
     TYPE = "gateway.flush.requested.v1"
+    # With the user's session registrations: a user's catch-up pages come from one instance at a
+    # time, in order.
+    PARTITION_BY = "user_id"
 
     session_id: str
     user_id: str
@@ -231,12 +261,17 @@ class FlushRequested(Event):
     flush_id: str
     # Delivery's position of the last message already flushed to this session.
     after_position: int
+    # The `sb-cursor` of the page before, as it came: where each partition's part of the backlog
+    # continues. Empty from a gateway that does not know it (delivery then continues after
+    # `after_position` everywhere).
+    after_cursor: str = ""
 
 
 class SessionRegistered(Event):
     """Presence recorded a live session: what is queued for its user can now reach it."""
 
     TYPE = "presence.session.registered.v1"
+    PARTITION_BY = "user_id"
 
     session_id: str
     user_id: str
@@ -247,6 +282,7 @@ class SessionRegistered(Event):
 
 class UserWentOnline(Event):
     TYPE = "presence.user.online.v1"
+    PARTITION_BY = "user_id"
 
     user_id: str
     session_id: str
@@ -255,6 +291,7 @@ class UserWentOnline(Event):
 
 class UserWentOffline(Event):
     TYPE = "presence.user.offline.v1"
+    PARTITION_BY = "user_id"
 
     user_id: str
     last_seen: datetime

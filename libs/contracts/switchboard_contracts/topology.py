@@ -3,8 +3,10 @@
 Two exchanges, both prefixed with a namespace so that test runs and deployments sharing a
 broker never see each other's traffic:
 
-* `<ns>.events` (topic): domain events, routing key = event type. Each service owns one durable
-  quorum queue bound to the types it handles.
+* `<ns>.events` (topic): domain events, routing key = `<event type>.<partition>`
+  (`partitions.py`). A partitioned service (PARTITIONED) owns one durable quorum queue per
+  partition, `<ns>.<service>.<partition>`, bound with `<type>.<partition>` for the types it
+  handles; any other service owns one queue bound with `<type>.*`, every partition.
 * `<ns>.route` (direct): frames on their way to clients. Every gateway process owns one exclusive
   queue bound with `gw.<gateway_id>` (answers to one of its sessions) and `user.<user_id>` for each
   user it currently holds. A message for a user is published once with routing key
@@ -32,8 +34,9 @@ from .events import (
     SessionOpened,
     SessionRegistered,
 )
+from .partitions import DEFAULT_PARTITIONS
 
-__all__ = ["OPTIONAL_SUBSCRIPTIONS", "SUBSCRIPTIONS", "Headers", "Kind", "Topology"]
+__all__ = ["OPTIONAL_SUBSCRIPTIONS", "PARTITIONED", "SUBSCRIPTIONS", "Headers", "Kind", "Topology"]
 
 # Which event types each service's queue receives. Every service declares every queue in this
 # table when it connects, so an event published before its consumer ever started (a fresh
@@ -61,6 +64,11 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
         ChatMemberRemoved.TYPE,
     ),
 }
+
+# Services that run as several active instances side by side, each partition of their events
+# handled by one instance at a time (docs/scaling.md). The others take all partitions in one
+# queue, with one active consumer and any further instance on standby.
+PARTITIONED: frozenset[str] = frozenset({"messages", "delivery"})
 
 # Queues declared only by the component that consumes them, when it is configured: events
 # published while no such consumer is deployed are not kept for it.
@@ -105,6 +113,9 @@ class Headers:
     # to continue after.
     COUNT = "sb-count"
     MORE = "sb-more"
+    # On "flush-done" with "sb-more": where each partition's part of the backlog continues, an
+    # opaque token the gateway sends back with its next page request (delivery's domain.py).
+    CURSOR = "sb-cursor"
     # On "flush" and "flush-done": which catch-up and which page (the position it started after)
     # they belong to, so a late or repeated page is recognised and ignored.
     FLUSH = "sb-flush"
@@ -119,6 +130,8 @@ class Headers:
 @dataclass(frozen=True)
 class Topology:
     namespace: str = "switchboard"
+    # CHAT_PARTITIONS: every process of a deployment must use the same count.
+    partitions: int = DEFAULT_PARTITIONS
 
     @property
     def events_exchange(self) -> str:
@@ -133,7 +146,26 @@ class Topology:
         return f"{self.namespace}.dead-letter"
 
     def service_queue(self, service: str) -> str:
+        """The one queue of a service that is not partitioned (presence, webhook)."""
         return f"{self.namespace}.{service}"
+
+    def partition_queue(self, service: str, partition: int) -> str:
+        return f"{self.namespace}.{service}.{partition}"
+
+    def queues(self, service: str) -> list[str]:
+        """Every queue a service consumes: one per partition, or its one queue."""
+        if service in PARTITIONED:
+            return [self.partition_queue(service, p) for p in range(self.partitions)]
+        return [self.service_queue(service)]
+
+    def binding_keys(self, service: str, queue_index: int, event_types: tuple[str, ...]) -> list[str]:
+        """The routing keys the `queue_index`-th queue of `queues(service)` is bound with."""
+        suffix = str(queue_index) if service in PARTITIONED else "*"
+        return [f"{event_type}.{suffix}" for event_type in event_types]
+
+    def instances_exchange(self, service: str) -> str:
+        """Fanout on which a partitioned service's instances announce themselves to each other."""
+        return f"{self.namespace}.{service}.instances"
 
     def dead_letter_queue(self, service: str) -> str:
         return f"{self.namespace}.{service}.dead"

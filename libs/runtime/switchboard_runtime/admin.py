@@ -4,8 +4,9 @@
     switchboard-admin dlq replay <service> (--id <envelope id> ... | --all)
 
 `<service>` is a name of SUBSCRIPTIONS or OPTIONAL_SUBSCRIPTIONS (messages, delivery, presence,
-webhook); its dead letters are in `<ns>.<service>.dead`. Settings come from the same `CHAT_*`
-variables as the services (`CHAT_AMQP_URL`, `CHAT_NAMESPACE`).
+webhook); its dead letters are in `<ns>.<service>.dead`, one queue whatever its partitions, and a
+replay sends each back to the queue of its partition. Settings come from the same `CHAT_*`
+variables as the services (`CHAT_AMQP_URL`, `CHAT_NAMESPACE`, `CHAT_PARTITIONS`).
 
 Safe while the services run: no service consumes a dead-letter queue, and this command takes
 messages from it only as unacknowledged deliveries. Whatever it does not explicitly acknowledge
@@ -29,7 +30,8 @@ from pamqp.commands import Basic
 from pydantic import ValidationError
 
 from switchboard_contracts.events import Envelope
-from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, SUBSCRIPTIONS, Topology
+from switchboard_contracts.partitions import partition_key, partition_of
+from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, PARTITIONED, SUBSCRIPTIONS, Topology
 
 from .settings import CommonSettings
 
@@ -112,7 +114,7 @@ async def _held(channel: AbstractChannel, queue_name: str, limit: int) -> list[A
 
 
 async def list_dead(settings: CommonSettings, service: str, limit: int) -> int:
-    topology = Topology(settings.namespace)
+    topology = settings.topology()
     queue_name = topology.dead_letter_queue(service)
     connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": "admin"})
     async with connection:
@@ -130,26 +132,32 @@ async def list_dead(settings: CommonSettings, service: str, limit: int) -> int:
 async def replay(settings: CommonSettings, service: str, ids: Sequence[str], replay_all: bool) -> int:
     """Move the chosen dead letters back to the service's own queue; 1 if an id was not found.
 
-    They go to `<ns>.<service>` through the default exchange, not to `<ns>.events`: republishing
-    on the topic exchange would hand the event again to every other service bound to its type,
-    which handled it already. Each copy is persistent and confirmed by the broker before its dead
-    letter is acknowledged, so a crash in between leaves it in both queues (handled at least once,
-    like everything else), never in neither.
+    They go to the service's queue through the default exchange, not to `<ns>.events`:
+    republishing on the topic exchange would hand the event again to every other service bound
+    to its type, which handled it already. For a partitioned service that is the queue of the
+    event's partition, computed from the event as its publisher did (`target_queue`), so it
+    keeps its place in its chat's order. Each copy is persistent and confirmed by the broker
+    before its dead letter is acknowledged, so a crash in between leaves it in both queues
+    (handled at least once, like everything else), never in neither.
     """
-    topology = Topology(settings.namespace)
+    topology = settings.topology()
     wanted = set(ids)
     connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": "admin"})
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        # Passive: a missing service queue is an error here, not something to create with the
-        # wrong arguments.
-        target = await channel.declare_queue(topology.service_queue(service), passive=True)
         held = await _held(channel, topology.dead_letter_queue(service), sys.maxsize)
         chosen: list[AbstractIncomingMessage] = []
         kept: list[AbstractIncomingMessage] = []
         for message in held:
             (chosen if replay_all or DeadLetter.of(message).id in wanted else kept).append(message)
+        targets: dict[str, int] = {}
         for message in chosen:
+            target = target_queue(topology, service, message)
+            if target not in targets:
+                # Passive: a missing service queue is an error here, not something to create
+                # with the wrong arguments.
+                await channel.declare_queue(target, passive=True)
+                targets[target] = 0
             copy = aio_pika.Message(
                 message.body,
                 headers={k: v for k, v in (message.headers or {}).items() if k not in DROPPED_ON_REPLAY},
@@ -159,17 +167,39 @@ async def replay(settings: CommonSettings, service: str, ids: Sequence[str], rep
             )
             # mandatory: if the queue vanished since the declare, the copy comes back instead of
             # being dropped, and its dead letter stays.
-            confirm = await channel.default_exchange.publish(copy, target.name, mandatory=True)
+            confirm = await channel.default_exchange.publish(copy, target, mandatory=True)
             if not isinstance(confirm, Basic.Ack):
-                raise RuntimeError(f"{target.name} did not take {message.message_id}; nothing more replayed")
+                raise RuntimeError(f"{target} did not take {message.message_id}; nothing more replayed")
             await message.ack()
+            targets[target] += 1
         for message in kept:
             await message.nack(requeue=True)
         missing = sorted(wanted - {DeadLetter.of(m).id for m in chosen})
         for ident in missing:
             print(f"not found in {topology.dead_letter_queue(service)}: {ident}")
-        print(f"{len(chosen)} message(s) replayed to {target.name}")
+        where = ", ".join(f"{name} ({count})" for name, count in sorted(targets.items())) or "none"
+        print(f"{len(chosen)} message(s) replayed to {where}")
     return 1 if missing else 0
+
+
+def target_queue(topology: Topology, service: str, message: AbstractIncomingMessage) -> str:
+    """The queue a dead letter of `service` goes back to.
+
+    A service that is not partitioned has one. For a partitioned one, the queue of the event's
+    partition under the current partition count, computed from the envelope; an event that
+    cannot be read goes back to the queue it first died in (it will die there again).
+    """
+    if service not in PARTITIONED:
+        return topology.service_queue(service)
+    try:
+        envelope = Envelope.model_validate_json(message.body)
+        key = partition_key(envelope.type, envelope.data)
+    except (ValidationError, KeyError, TypeError):
+        first = str((message.headers or {}).get("x-first-death-queue", ""))
+        if first in topology.queues(service):
+            return first
+        return topology.partition_queue(service, 0)
+    return topology.partition_queue(service, partition_of(key, topology.partitions))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

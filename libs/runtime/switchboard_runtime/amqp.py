@@ -16,12 +16,13 @@ from aio_pika.abc import (
 from pamqp.commands import Basic
 
 from switchboard_contracts.events import Envelope
+from switchboard_contracts.partitions import event_routing_key
 from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, SUBSCRIPTIONS, Topology
 
 from . import frames
 from .retry import connect_retrying
 
-__all__ = ["DELIVERY_LIMIT", "Bus", "declare_service_queue", "encode_envelope"]
+__all__ = ["DELIVERY_LIMIT", "Bus", "declare_service_queues", "encode_envelope", "queue_arguments"]
 
 log = structlog.get_logger()
 
@@ -39,32 +40,44 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return envelope.model_dump_json().encode()
 
 
-async def declare_service_queue(channel: AbstractChannel, topology: Topology, service: str) -> AbstractQueue:
-    """A service's durable quorum queue, its dead-letter queue and its bindings (idempotent).
+def queue_arguments(topology: Topology, service: str) -> dict[str, Any]:
+    """The arguments of every service queue (a partition queue or a service's one queue)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": topology.dead_letter_exchange,
+        "x-dead-letter-routing-key": service,
+        # One consumer at a time, the others on standby: per-chat order holds because one
+        # process at a time handles a queue. A partitioned service's instances all wait on
+        # every partition queue, so the broker hands a dead instance's partitions on at once,
+        # and share the partitions out among themselves by handing over (consumer.py).
+        "x-single-active-consumer": True,
+    }
 
-    `service` names an entry of SUBSCRIPTIONS or of OPTIONAL_SUBSCRIPTIONS (e.g. "webhook").
+
+async def declare_service_queues(
+    channel: AbstractChannel, topology: Topology, service: str
+) -> list[AbstractQueue]:
+    """A service's durable quorum queues, its dead-letter queue and their bindings (idempotent).
+
+    One queue per partition for a partitioned service (`PARTITIONED`), bound with
+    `<type>.<partition>`; one queue bound with `<type>.*` for any other. `service` names an entry
+    of SUBSCRIPTIONS or of OPTIONAL_SUBSCRIPTIONS (e.g. "webhook"). One dead-letter queue per
+    service, whatever its partitions: `switchboard-admin dlq replay` sends each event back to
+    the queue of its partition.
     """
     dead = await channel.declare_queue(
         topology.dead_letter_queue(service), durable=True, arguments={"x-queue-type": "quorum"}
     )
     await dead.bind(topology.dead_letter_exchange, routing_key=service)
-    queue = await channel.declare_queue(
-        topology.service_queue(service),
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": DELIVERY_LIMIT,
-            "x-dead-letter-exchange": topology.dead_letter_exchange,
-            "x-dead-letter-routing-key": service,
-            # One consumer at a time, the others on standby: a second instance of a service
-            # takes over when the first dies instead of splitting the queue, which would break
-            # per-chat order.
-            "x-single-active-consumer": True,
-        },
-    )
-    for event_type in {**SUBSCRIPTIONS, **OPTIONAL_SUBSCRIPTIONS}[service]:
-        await queue.bind(topology.events_exchange, routing_key=event_type)
-    return queue
+    event_types = {**SUBSCRIPTIONS, **OPTIONAL_SUBSCRIPTIONS}[service]
+    queues = []
+    for index, name in enumerate(topology.queues(service)):
+        queue = await channel.declare_queue(name, durable=True, arguments=queue_arguments(topology, service))
+        for key in topology.binding_keys(service, index, event_types):
+            await queue.bind(topology.events_exchange, routing_key=key)
+        queues.append(queue)
+    return queues
 
 
 class Bus:
@@ -120,7 +133,7 @@ class Bus:
         }
         try:
             for service in SUBSCRIPTIONS:
-                await declare_service_queue(channel, topo, service)
+                await declare_service_queues(channel, topo, service)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise RuntimeError(
                 f"RabbitMQ holds queues of namespace {topo.namespace!r} declared with other arguments by an"
@@ -141,8 +154,13 @@ class Bus:
         return self._connection is not None and not self._connection.is_closed and self._channel is not None
 
     async def publish_event(self, envelope: Envelope) -> None:
+        """To `<ns>.events` with routing key `<type>.<partition>` (partitions.py)."""
         await self.publish(
-            "events", envelope.type, encode_envelope(envelope), message_id=str(envelope.id), persistent=True
+            "events",
+            event_routing_key(envelope.type, envelope.data, self.topology.partitions),
+            encode_envelope(envelope),
+            message_id=str(envelope.id),
+            persistent=True,
         )
 
     async def publish(

@@ -11,7 +11,7 @@ from fastapi import Depends, Header, Request
 
 from switchboard_contracts.models import UserId
 
-__all__ = ["Caller", "Pool"]
+__all__ = ["Caller", "Partitions", "Pool"]
 
 
 def _pool(request: Request) -> asyncpg.Pool:
@@ -20,5 +20,12 @@ def _pool(request: Request) -> asyncpg.Pool:
     return pool
 
 
+def _partitions(request: Request) -> int:
+    # The deployment's partition count, for the routing keys of events the API emits.
+    partitions: int = request.app.state.runtime.bus.topology.partitions
+    return partitions
+
+
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Partitions = Annotated[int, Depends(_partitions)]
 Caller = Annotated[UserId, Header(alias="X-Switchboard-User")]

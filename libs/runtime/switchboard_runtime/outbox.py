@@ -18,6 +18,7 @@ import orjson
 import structlog
 
 from switchboard_contracts.events import Envelope, Event
+from switchboard_contracts.partitions import event_routing_key
 
 from .amqp import Bus, encode_envelope
 from .db import Conn
@@ -50,15 +51,25 @@ SELECT pg_notify($7, '')
 
 @dataclass
 class OutboxWriter:
-    """Collects the rows of one unit of work; `flush` writes them into the open transaction."""
+    """Collects the rows of one unit of work; `flush` writes them into the open transaction.
+
+    `partitions` is the deployment's partition count (CHAT_PARTITIONS): an event's routing key,
+    `<type>.<partition>`, is decided here, when it is emitted, and the relay publishes it as is.
+    """
 
     source: str
+    partitions: int
     rows: list[tuple[str, str, bytes, str | None, str | None, bool]] = field(default_factory=list)
 
     def emit(self, event: Event) -> Envelope:
         envelope = Envelope.wrap(event, self.source)
-        self.rows.append(("events", envelope.type, encode_envelope(envelope), None, str(envelope.id), True))
+        key = event_routing_key(envelope.type, envelope.data, self.partitions)
+        self.rows.append(("events", key, encode_envelope(envelope), None, str(envelope.id), True))
         return envelope
+
+    def fresh(self) -> "OutboxWriter":
+        """An empty writer for another unit of work, with this one's source and partitions."""
+        return OutboxWriter(self.source, self.partitions)
 
     def send(self, routing_key: str, body: bytes, headers: dict[str, Any]) -> None:
         """A frame for the `route` exchange (answers to a session): transient, not confirmed-routed."""

@@ -18,7 +18,6 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from switchboard_contracts.events import Event
-from switchboard_contracts.topology import Topology
 
 from .amqp import Bus
 from .consumer import EventConsumer, Handler
@@ -139,7 +138,7 @@ async def event_service(
 ) -> AsyncIterator[Runtime]:
     """Bus, pool, outbox relay and consumer for a service that handles events in PostgreSQL."""
     configure_logging(service, settings.log_level)
-    bus = Bus(settings.amqp_url, Topology(settings.namespace), source=service)
+    bus = Bus(settings.amqp_url, settings.topology(), source=service)
     await bus.connect()
     pool = await create_pool(settings.database_url, schema=service)
     api_pool = await create_pool(
@@ -161,10 +160,18 @@ async def event_service(
     for name, coro in (extra(pool) if extra else {}).items():
         spawn(coro, runtime.tasks, name)
     freeze_startup_heap()
-    log.info("service started", namespace=settings.namespace)
+    log.info(
+        "service started",
+        namespace=settings.namespace,
+        partitions=settings.partitions,
+        instance=consumer.instance_id,
+    )
     try:
         yield runtime
     finally:
+        # Partitions go to the other instances before anything else stops: the batch in
+        # progress finishes and is acknowledged rather than being redone elsewhere.
+        await consumer.stop()
         await cancel_all(runtime.tasks)
         await bus.close()
         await api_pool.close()

@@ -3,6 +3,9 @@
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from switchboard_contracts.partitions import DEFAULT_PARTITIONS
+from switchboard_contracts.topology import Topology
+
 __all__ = ["CommonSettings"]
 
 
@@ -14,10 +17,16 @@ class CommonSettings(BaseSettings):
     # Prefix of every exchange and queue; a test run or a second deployment on the same broker
     # picks its own so the two never see each other's traffic.
     namespace: str = Field("switchboard", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # How many partitions the events of messages and delivery are split into (docs/scaling.md).
+    # Every process of a deployment, gateways included, must use the same value: the publisher
+    # computes the partition, and a different count would send a chat's events to another queue.
+    # Changing it means draining the queues first.
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024)
     host: str = "127.0.0.1"
     log_level: str = "INFO"
     # Enough unacknowledged deliveries to fill a batch and the next one while the first commits;
-    # a 200-row commit is where asyncpg's insert rate levels off on this kind of machine.
+    # a 200-row commit is where asyncpg's insert rate levels off on this kind of machine. A
+    # partitioned service splits it evenly over its partition queues (each on its own channel).
     prefetch: int = Field(400, ge=1, le=10_000)
     batch_size: int = Field(200, ge=1, le=5_000)
     # Database connections for the internal HTTP API (history, sync plans, membership checks),
@@ -28,3 +37,6 @@ class CommonSettings(BaseSettings):
     # How long an event id is remembered as processed. A redelivery comes within seconds or, after
     # an outage, hours; a week is far past both, and keeps the table from growing forever.
     processed_retention_hours: float = Field(168.0, gt=0)
+
+    def topology(self) -> Topology:
+        return Topology(self.namespace, self.partitions)

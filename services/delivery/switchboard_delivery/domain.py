@@ -6,6 +6,9 @@ from uuid import UUID
 
 __all__ = [
     "FlushPage",
+    "advance_cursor",
+    "decode_cursor",
+    "encode_cursor",
     "delivery_info",
     "member_frame_recipients",
     "preview",
@@ -55,3 +58,33 @@ def webhook_retries(status: int) -> bool:
     (not followed), would only fail the same way again.
     """
     return status >= 500 or status in (408, 429)
+
+
+def decode_cursor(token: str, after_position: int, partitions: int) -> list[int]:
+    """Where each partition's part of a backlog continues: `partitions + 1` positions, the last
+    for rows of partition numbers past the count (left from a larger count).
+
+    From the `sb-cursor` token of the page before; without one (the first page, or a gateway of
+    an earlier version), or with one of another partition count, every part continues after
+    `after_position`, as a single cursor did.
+    """
+    parts = token.split(",") if token else []
+    if len(parts) == partitions + 1 and all(part.isdigit() for part in parts):
+        return [int(part) for part in parts]
+    return [after_position] * (partitions + 1)
+
+
+def advance_cursor(cursor: list[int], rows: Iterable[tuple[int, int]]) -> list[int]:
+    """The cursor after a page of (partition, position) rows: per partition, the last position
+    sent. Enough, because each partition's rows are committed in position order: one not yet
+    visible when the page was read comes after every row of its partition that was."""
+    advanced = list(cursor)
+    last = len(advanced) - 1
+    for part, position in rows:
+        group = min(part, last)
+        advanced[group] = max(advanced[group], position)
+    return advanced
+
+
+def encode_cursor(cursor: list[int]) -> str:
+    return ",".join(str(position) for position in cursor)

@@ -22,6 +22,7 @@ from switchboard_contracts.events import (
     SessionRegistered,
 )
 from switchboard_contracts.models import MessageOut
+from switchboard_contracts.partitions import partition_of
 from switchboard_contracts.topology import Headers, Kind, Topology
 from switchboard_contracts.wire import encode_frame, new_message_frame
 from switchboard_runtime.amqp import Bus
@@ -29,7 +30,16 @@ from switchboard_runtime.consumer import Handler, HandlerContext
 from switchboard_runtime.outbox import OutboxWriter
 
 from . import store
-from .domain import FlushPage, delivery_info, member_frame_recipients, preview, recipients_of
+from .domain import (
+    FlushPage,
+    advance_cursor,
+    decode_cursor,
+    delivery_info,
+    encode_cursor,
+    member_frame_recipients,
+    preview,
+    recipients_of,
+)
 
 __all__ = ["handlers_for"]
 
@@ -87,7 +97,8 @@ async def on_message_stored(event: MessageStored, ctx: HandlerContext, *, previe
     message = event.message
     frame = new_message_frame(message)
     if not ctx.duplicate:
-        recipients = pending = await store.queue_message(ctx.conn, message, frame)
+        part = partition_of(str(message.chat_id), ctx.bus.topology.partitions)
+        recipients = pending = await store.queue_message(ctx.conn, message, frame, part)
     else:
         # A redelivery: only those who have not acknowledged yet get it again.
         recipients = recipients_of(await store.members(ctx.conn, message.chat_id), message.sender_id)
@@ -103,16 +114,15 @@ async def on_message_stored(event: MessageStored, ctx: HandlerContext, *, previe
         await _reply(ctx.bus, event.origin, info)
         if offline:
             # Only now is it known who no gateway holds; the transaction of the handler is over.
-            await _request_notifications(ctx.pool, ctx.outbox.source, message, offline, preview_chars)
+            await _request_notifications(ctx.pool, ctx.outbox.fresh(), message, offline, preview_chars)
 
     ctx.after_commit.append(route)
 
 
 async def _request_notifications(
-    pool: asyncpg.Pool, source: str, message: MessageOut, offline: Sequence[str], preview_chars: int
+    pool: asyncpg.Pool, outbox: OutboxWriter, message: MessageOut, offline: Sequence[str], preview_chars: int
 ) -> None:
     """One NotificationRequested per (message, recipient), however often this runs."""
-    outbox = OutboxWriter(source)
     async with pool.acquire() as conn, conn.transaction():
         for user in await store.request_notifications(conn, message, offline):
             outbox.emit(
@@ -178,12 +188,19 @@ def _cancel_notification(
 
 async def on_session_registered(event: SessionRegistered, ctx: HandlerContext, *, limits: FlushPage) -> None:
     """A session opened: send it what its user has not acknowledged, first page."""
-    await _flush_page(ctx, limits, event.user_id, event.session_id, event.gateway_id, event.flush_id, 0)
+    await _flush_page(ctx, limits, event.user_id, event.session_id, event.gateway_id, event.flush_id, 0, "")
 
 
 async def on_flush_requested(event: FlushRequested, ctx: HandlerContext, *, limits: FlushPage) -> None:
     await _flush_page(
-        ctx, limits, event.user_id, event.session_id, event.gateway_id, event.flush_id, event.after_position
+        ctx,
+        limits,
+        event.user_id,
+        event.session_id,
+        event.gateway_id,
+        event.flush_id,
+        event.after_position,
+        event.after_cursor,
     )
 
 
@@ -195,9 +212,11 @@ async def _flush_page(
     gateway_id: str,
     flush_id: str,
     after_position: int,
+    after_cursor: str,
 ) -> None:
     """One page of the flush, in order, then `flush-done` saying whether more is queued."""
-    page = await store.backlog_page(ctx.conn, user_id, after_position, limits.messages, limits.bytes)
+    cursor = decode_cursor(after_cursor, after_position, ctx.bus.topology.partitions)
+    page = await store.backlog_page(ctx.conn, user_id, cursor, limits.messages, limits.bytes)
     key = Topology.gateway_key(gateway_id)
     base: dict[str, object] = {
         Headers.SESSION: session_id,
@@ -226,6 +245,9 @@ async def _flush_page(
         done = {**base, Headers.KIND: Kind.FLUSH_DONE, Headers.COUNT: len(page.rows)}
         if page.more and page.rows:
             done[Headers.MORE] = page.rows[-1].position
+            done[Headers.CURSOR] = encode_cursor(
+                advance_cursor(cursor, ((r.part, r.position) for r in page.rows))
+            )
         await ctx.bus.publish("route", key, b"", headers=done)
 
     ctx.after_commit.append(flush)

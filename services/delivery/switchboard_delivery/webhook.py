@@ -17,8 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from switchboard_contracts.events import Envelope
-from switchboard_contracts.topology import Topology
-from switchboard_runtime.amqp import Bus, declare_service_queue
+from switchboard_runtime.amqp import Bus, declare_service_queues
 
 from .domain import webhook_retries
 from .settings import Settings
@@ -49,7 +48,7 @@ class Webhook:
         self.timeout = settings.webhook_timeout_seconds
         self.retry_seconds = settings.webhook_retry_seconds
         # A connection of its own, so a slow receiver never holds up delivery's channel.
-        self.bus = Bus(settings.amqp_url, Topology(settings.namespace), source="delivery-webhook")
+        self.bus = Bus(settings.amqp_url, settings.topology(), source="delivery-webhook")
         self._queue: AbstractQueue | None = None
 
     async def declare(self) -> None:
@@ -57,7 +56,7 @@ class Webhook:
         await self.bus.connect()
         channel = await self.bus.connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
-        self._queue = await declare_service_queue(channel, self.bus.topology, QUEUE)
+        (self._queue,) = await declare_service_queues(channel, self.bus.topology, QUEUE)
 
     async def close(self) -> None:
         await self.bus.close()

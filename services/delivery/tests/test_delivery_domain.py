@@ -3,7 +3,10 @@ from uuid import uuid4
 import pytest
 
 from switchboard_delivery.domain import (
+    advance_cursor,
+    decode_cursor,
     delivery_info,
+    encode_cursor,
     member_frame_recipients,
     preview,
     recipients_of,
@@ -54,3 +57,22 @@ def test_no_preview_unless_configured() -> None:
 )
 def test_webhook_retries_server_errors_timeouts_and_rate_limits(status: int, retried: bool) -> None:
     assert webhook_retries(status) is retried
+
+
+def test_a_catch_up_cursor_starts_everywhere_after_the_position_it_is_given() -> None:
+    assert decode_cursor("", 0, 4) == [0, 0, 0, 0, 0]
+    # A gateway that sends no cursor, or one of another partition count: one position for all.
+    assert decode_cursor("", 40, 4) == [40] * 5
+    assert decode_cursor("1,2,3", 40, 4) == [40] * 5
+    assert decode_cursor("1,2,x,4,5", 40, 4) == [40] * 5
+    assert decode_cursor("1,2,3,4,5", 40, 4) == [1, 2, 3, 4, 5]
+
+
+def test_a_catch_up_cursor_moves_each_partition_to_the_last_row_it_sent() -> None:
+    # Partition 1's row at 12 was not committed yet when the page (rows 10, 11, 13) was read:
+    # partition 1 continues after 11, not after 13, so the next page still finds 12.
+    cursor = advance_cursor([0, 0, 0, 0], [(0, 10), (1, 11), (0, 13)])
+    assert cursor == [13, 11, 0, 0]
+    # A partition number past the count (from a larger count before) shares the last entry.
+    assert advance_cursor(cursor, [(7, 20), (2, 14)]) == [13, 11, 14, 20]
+    assert decode_cursor(encode_cursor(cursor), 13, 3) == cursor

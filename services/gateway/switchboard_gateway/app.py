@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
         configure_logging(SERVICE, settings.log_level)
         verifier = Verifier.from_settings(settings)
         gateway_id = f"gw-{uuid4().hex[:12]}"
-        topology = Topology(settings.namespace)
+        topology = settings.topology()
         bus = Bus(settings.amqp_url, topology, source=f"gateway/{gateway_id}")
         async with (
             httpx.AsyncClient(base_url=settings.messages_url, timeout=10.0) as messages_client,

@@ -66,7 +66,7 @@ class Gateway:
                 # It cannot be flushed now: let it reconnect and be flushed then.
                 session.drop("resync_failed")
 
-    async def request_page(self, session: Session, after_position: int) -> None:
+    async def request_page(self, session: Session, after_position: int, after_cursor: str = "") -> None:
         try:
             await self.publish(
                 FlushRequested(
@@ -75,6 +75,7 @@ class Gateway:
                     gateway_id=self.id,
                     flush_id=session.flush_id,
                     after_position=after_position,
+                    after_cursor=after_cursor,
                 )
             )
         except Exception:

@@ -32,6 +32,7 @@ class Routed:
     # flush-done only: messages in the page, and where to continue when more are queued.
     count: int = 0
     more_after: int | None = None
+    more_cursor: str = ""
     # flush and flush-done: the catch-up and the page (its starting cursor) they belong to.
     flush_id: str | None = None
     after: int | None = None
@@ -57,6 +58,7 @@ class Routed:
             seq=_number(headers, Headers.SEQ),
             count=_number(headers, Headers.COUNT) or 0,
             more_after=_number(headers, Headers.MORE),
+            more_cursor=header_text(headers, Headers.CURSOR) or "",
             flush_id=header_text(headers, Headers.FLUSH),
             after=_number(headers, Headers.AFTER),
             typing=bool(_number(headers, Headers.TYPING)),

@@ -64,7 +64,8 @@ class Session:
     # The client's address (or the one a trusted proxy names), for the per-address limits.
     address: str | None = None
     # Called with the position to continue after when a flush page is done and there is room.
-    request_page: Callable[[int], Coroutine[Any, Any, None]] | None = None
+    # Asks delivery for the next page of a queue flush: (after_position, after_cursor).
+    request_page: Callable[[int, str], Coroutine[Any, Any, None]] | None = None
     # How fast this session may send `typing` (created on its first `typing`).
     typing_limit: AsyncLimiter | None = None
     # How often this session may `sync` (created on its first `sync`).
@@ -84,6 +85,7 @@ class Session:
     _flushed_seq: dict[str, int] = field(default_factory=dict)
     _flushed_count: int = 0
     _next_page_after: int | None = None
+    _next_page_cursor: str = ""
     # The catch-up under way, and the page of it the session accepts next (None: none until the
     # next page is asked for). Anything else is a late or repeated page and is ignored.
     flush_id: str = ""
@@ -187,7 +189,7 @@ class Session:
         self._expected_after = None  # a repeat of this marker is ignored from now on
         self._flushed_count += routed.count
         if routed.more_after is not None:
-            self._next_page_after = routed.more_after
+            self._next_page_after, self._next_page_cursor = routed.more_after, routed.more_cursor
             self._maybe_request_page()
         else:
             self.push(encode_frame("queue_flushed", {"count": self._flushed_count}))
@@ -208,7 +210,7 @@ class Session:
         if self._has_room():
             self._next_page_after = None
             self._expected_after = after
-            self._spawn(self.request_page(after))
+            self._spawn(self.request_page(after, self._next_page_cursor))
 
     def begin_catch_up(self) -> None:
         """Hold live messages until delivery's flush for this session ends."""

@@ -24,7 +24,7 @@ class Sink:
         self.closed = (code, reason)
         self.changed.set()
 
-    async def request_page(self, after: int) -> None:
+    async def request_page(self, after: int, cursor: str = "") -> None:
         self.pages.append(after)
         self.changed.set()
 

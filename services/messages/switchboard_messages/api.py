@@ -26,7 +26,7 @@ from switchboard_contracts.models import (
     SyncRequest,
 )
 from switchboard_runtime.db import Conn
-from switchboard_runtime.internal_api import Caller, Pool
+from switchboard_runtime.internal_api import Caller, Partitions, Pool
 from switchboard_runtime.outbox import OutboxWriter
 
 from . import read_store, store
@@ -39,17 +39,17 @@ SOURCE = "messages"
 router = APIRouter(prefix="/internal")
 
 
-async def _append(conn: Conn, chat_id: UUID, version: int, event: Event) -> None:
-    outbox = OutboxWriter(SOURCE)
+async def _append(conn: Conn, chat_id: UUID, version: int, event: Event, partitions: int) -> None:
+    outbox = OutboxWriter(SOURCE, partitions)
     envelope = outbox.emit(event)
     await store.append_event(conn, chat_id, version, envelope)
     await outbox.flush(conn)
 
 
-async def _record_change(conn: Conn, chat: ChatState, event: Event) -> None:
+async def _record_change(conn: Conn, chat: ChatState, event: Event, partitions: int) -> None:
     """A membership change: the chat's next stream version, its event logged and published."""
     await store.save_chat_state(conn, chat.id, chat.version + 1, chat.last_seq)
-    await _append(conn, chat.id, chat.version + 1, event)
+    await _append(conn, chat.id, chat.version + 1, event, partitions)
 
 
 async def _require_member(conn: Conn, chat_id: UUID, caller: str) -> None:
@@ -69,7 +69,7 @@ async def _lock_as_member(conn: Conn, chat_id: UUID, caller: str) -> ChatState:
 
 
 @router.post("/chats", status_code=201)
-async def create_chat(body: CreateChat, caller: Caller, pool: Pool) -> ChatOut:
+async def create_chat(body: CreateChat, caller: Caller, pool: Pool, partitions: Partitions) -> ChatOut:
     chat = ChatOut(
         id=uuid4(),
         type=body.type,
@@ -87,7 +87,7 @@ async def create_chat(body: CreateChat, caller: Caller, pool: Pool) -> ChatOut:
             created_by=caller,
             created_at=chat.created_at,
         )
-        await _append(conn, chat.id, 1, event)
+        await _append(conn, chat.id, 1, event, partitions)
     return chat
 
 
@@ -175,13 +175,15 @@ async def sync_plan(body: SyncRequest, caller: Caller, pool: Pool, request: Requ
 
 
 @router.post("/chats/{chat_id}/members", status_code=201)
-async def add_member(chat_id: UUID, body: AddMember, caller: Caller, pool: Pool) -> ChatOut:
+async def add_member(
+    chat_id: UUID, body: AddMember, caller: Caller, pool: Pool, partitions: Partitions
+) -> ChatOut:
     async with pool.acquire() as conn, conn.transaction():
         chat = await _lock_as_member(conn, chat_id, caller)
         check_membership_change(chat)
         if await store.insert_member(conn, chat_id, body.user_id, joined_seq=chat.last_seq):
             await _record_change(
-                conn, chat, ChatMemberAdded(chat_id=chat_id, user_id=body.user_id, by=caller)
+                conn, chat, ChatMemberAdded(chat_id=chat_id, user_id=body.user_id, by=caller), partitions
             )
         out = await store.chat_out(conn, chat_id)
     if out is None:  # the chat row is locked above, so this cannot happen short of a bug
@@ -190,11 +192,15 @@ async def add_member(chat_id: UUID, body: AddMember, caller: Caller, pool: Pool)
 
 
 @router.delete("/chats/{chat_id}/members/{user_id}", status_code=204)
-async def remove_member(chat_id: UUID, user_id: str, caller: Caller, pool: Pool) -> Response:
+async def remove_member(
+    chat_id: UUID, user_id: str, caller: Caller, pool: Pool, partitions: Partitions
+) -> Response:
     async with pool.acquire() as conn, conn.transaction():
         chat = await _lock_as_member(conn, chat_id, caller)
         check_membership_change(chat)
         if not await store.remove_member(conn, chat_id, user_id, left_seq=chat.last_seq):
             raise DomainError(ErrorCode.NOT_A_MEMBER, f"{user_id} is not a member of chat {chat_id}")
-        await _record_change(conn, chat, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller))
+        await _record_change(
+            conn, chat, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller), partitions
+        )
     return Response(status_code=204)

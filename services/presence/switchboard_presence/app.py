@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "session-expiry": every(
                 pool,
                 settings.expiry_check_seconds,
-                lambda conn: expire_silent_gateways(conn, expiry),
+                lambda conn: expire_silent_gateways(conn, expiry, settings.partitions),
                 "session-expiry",
                 first_after=settings.session_expiry_seconds,
             ),
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "grace-period": every(
                 pool,
                 settings.presence_grace_seconds / GRACE_CHECKS,
-                lambda conn: end_graces(conn, grace),
+                lambda conn: end_graces(conn, grace, settings.partitions),
                 "grace-period",
             ),
         }

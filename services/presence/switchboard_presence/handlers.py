@@ -108,10 +108,10 @@ async def on_heartbeat(event: GatewayHeartbeat, ctx: HandlerContext) -> None:
         ctx.outbox.send(Topology.gateway_key(event.gateway_id), b"", {Headers.KIND: Kind.RESYNC})
 
 
-async def expire_silent_gateways(conn: Conn, expiry: timedelta) -> OutboxWriter:
+async def expire_silent_gateways(conn: Conn, expiry: timedelta, partitions: int) -> OutboxWriter:
     """Sessions of a gateway that died without saying goodbye end when its heartbeats stop."""
     now = datetime.now(UTC)
-    outbox = OutboxWriter("presence")
+    outbox = OutboxWriter("presence", partitions)
     users = await store.expire_gateways(conn, now - expiry)
     for user_id in users:
         await _went_offline(conn, outbox, user_id, now)
@@ -120,13 +120,13 @@ async def expire_silent_gateways(conn: Conn, expiry: timedelta) -> OutboxWriter:
     return outbox
 
 
-async def end_graces(conn: Conn, grace: timedelta) -> OutboxWriter:
+async def end_graces(conn: Conn, grace: timedelta, partitions: int) -> OutboxWriter:
     """Announce offline the users whose last session closed more than `grace` ago.
 
     `last_seen` is the gateway's time of the close; gateway and presence clocks agree far more
     closely than the seconds a grace lasts.
     """
-    outbox = OutboxWriter("presence")
+    outbox = OutboxWriter("presence", partitions)
     for user_id, last_seen in await store.end_graces(conn, datetime.now(UTC) - grace):
         await _went_offline(conn, outbox, user_id, last_seen)
     return outbox

@@ -82,9 +82,9 @@ class Kind:
 
     # A message or a membership change: held, in arrival order, while the session catches up.
     LIVE = "live"
-    # One message of a queue flush page, and the marker that ends the page.
-    FLUSH = "flush"
-    FLUSH_DONE = "flush-done"
+    # A whole page of a queue flush, its frames packed in one body (pages.py), with the headers
+    # that end the page.
+    FLUSH_PAGE = "flush-page"
     # An answer to one session.
     REPLY = "reply"
     # Presence, receipts: about the present moment, never held behind a catch-up.
@@ -101,23 +101,23 @@ class Headers:
     USER = "sb-user"
     SESSION = "sb-session"
     EXCEPT_SESSION = "sb-except-session"
-    # "live" frames wait while a session is catching up, "flush" frames are the catch-up itself,
-    # "flush-done" ends one page of it, "reply" answers one session and never waits.
+    # "live" frames wait while a session is catching up, "flush-page" is a page of the catch-up
+    # itself, "reply" answers one session and never waits.
     KIND = "sb-kind"
     MESSAGE_ID = "sb-message-id"
     # Chat and seq of a message frame: a session catching up drops a held live message that is
     # older than what its flush already sent for that chat.
     CHAT = "sb-chat"
     SEQ = "sb-seq"
-    # On "flush-done": how many messages the page had, and, when more are queued, the position
+    # On "flush-page": how many messages the page has, and, when more are queued, the position
     # to continue after.
     COUNT = "sb-count"
     MORE = "sb-more"
-    # On "flush-done" with "sb-more": where each partition's part of the backlog continues, an
+    # On "flush-page" with "sb-more": where each partition's part of the backlog continues, an
     # opaque token the gateway sends back with its next page request (delivery's domain.py).
     CURSOR = "sb-cursor"
-    # On "flush" and "flush-done": which catch-up and which page (the position it started after)
-    # they belong to, so a late or repeated page is recognised and ignored.
+    # On "flush-page": which catch-up and which page (the position it started after) it belongs
+    # to, so a late or repeated page is recognised and ignored.
     FLUSH = "sb-flush"
     AFTER = "sb-after"
     # On a `member_left` frame to the removed user: that user's sessions leave the chat's room.

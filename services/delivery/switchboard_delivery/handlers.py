@@ -22,6 +22,7 @@ from switchboard_contracts.events import (
     SessionRegistered,
 )
 from switchboard_contracts.models import MessageOut
+from switchboard_contracts.pages import PageEntry, pack_page
 from switchboard_contracts.partitions import partition_of
 from switchboard_contracts.topology import Headers, Kind, Topology
 from switchboard_contracts.wire import encode_frame, new_message_frame
@@ -214,41 +215,26 @@ async def _flush_page(
     after_position: int,
     after_cursor: str,
 ) -> None:
-    """One page of the flush, in order, then `flush-done` saying whether more is queued."""
+    """One page of the flush, in order, as one broker message that says whether more is queued."""
     cursor = decode_cursor(after_cursor, after_position, ctx.bus.topology.partitions)
     page = await store.backlog_page(ctx.conn, user_id, cursor, limits.messages, limits.bytes)
     key = Topology.gateway_key(gateway_id)
-    base: dict[str, object] = {
+    headers: dict[str, object] = {
         Headers.SESSION: session_id,
-        Headers.KIND: Kind.FLUSH,
+        Headers.KIND: Kind.FLUSH_PAGE,
         Headers.FLUSH: flush_id,
         Headers.AFTER: after_position,
+        Headers.COUNT: len(page.rows),
     }
+    if page.more and page.rows:
+        headers[Headers.MORE] = page.rows[-1].position
+        headers[Headers.CURSOR] = encode_cursor(
+            advance_cursor(cursor, ((r.part, r.position) for r in page.rows))
+        )
+    body = pack_page([PageEntry(str(r.message_id), str(r.chat_id), r.seq, r.frame) for r in page.rows])
 
     async def flush() -> None:
-        await asyncio.gather(
-            *(
-                ctx.bus.publish(
-                    "route",
-                    key,
-                    row.frame,
-                    headers={
-                        **base,
-                        Headers.MESSAGE_ID: str(row.message_id),
-                        Headers.CHAT: str(row.chat_id),
-                        Headers.SEQ: row.seq,
-                    },
-                )
-                for row in page.rows
-            )
-        )
-        done = {**base, Headers.KIND: Kind.FLUSH_DONE, Headers.COUNT: len(page.rows)}
-        if page.more and page.rows:
-            done[Headers.MORE] = page.rows[-1].position
-            done[Headers.CURSOR] = encode_cursor(
-                advance_cursor(cursor, ((r.part, r.position) for r in page.rows))
-            )
-        await ctx.bus.publish("route", key, b"", headers=done)
+        await ctx.bus.publish("route", key, body, headers=headers)
 
     ctx.after_commit.append(flush)
 

@@ -29,11 +29,11 @@ class Routed:
     message_id: str | None = None
     chat_id: str | None = None
     seq: int | None = None
-    # flush-done only: messages in the page, and where to continue when more are queued.
+    # flush-page only: messages in the page, and where to continue when more are queued.
     count: int = 0
     more_after: int | None = None
     more_cursor: str = ""
-    # flush and flush-done: the catch-up and the page (its starting cursor) they belong to.
+    # flush-page only: the catch-up and the page (its starting cursor) it belongs to.
     flush_id: str | None = None
     after: int | None = None
     # Who it is for: one session, or every local session of a user but one.

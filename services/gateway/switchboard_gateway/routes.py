@@ -14,9 +14,53 @@ from .registry import Registry
 from .rooms import Rooms
 from .routed import Routed
 
-__all__ = ["RouteConsumer"]
+__all__ = ["Acknowledger", "RouteConsumer"]
 
 log = structlog.get_logger()
+
+
+class Acknowledger:
+    """Acknowledges a consumer's deliveries in bursts: one `basic.ack` (multiple) for the highest
+    delivery tag handled since the last one, instead of a frame per delivery (a message makes
+    about five route frames, and each acknowledgement is a write to the broker and a frame it
+    must parse).
+
+    Deliveries may finish out of order (one awaits, later ones do not), so a tag that an
+    acknowledgement already covered is never acknowledged again: the broker closes the channel
+    on an unknown delivery tag, and the user bindings on it with it.
+    """
+
+    def __init__(self) -> None:
+        self._channel: object = None
+        # The highest tag acknowledged on the current channel, and the one to acknowledge next.
+        self._acked = 0
+        self._pending: AbstractIncomingMessage | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def handled(self, message: AbstractIncomingMessage) -> None:
+        tag = message.delivery_tag or 0
+        if message.channel is not self._channel:
+            # A channel after a reconnect numbers its deliveries from 1 again.
+            self._channel, self._acked, self._pending = message.channel, 0, None
+        pending = self._pending.delivery_tag or 0 if self._pending is not None else 0
+        if tag <= max(self._acked, pending):
+            return
+        self._pending = message
+        if self._task is None:
+            self._task = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while (message := self._pending) is not None:
+                self._pending = None
+                self._acked = message.delivery_tag or 0
+                await message.ack(multiple=True)
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+            # The channel went away (broker restart); its deliveries went back with it, and the
+            # new channel's are acknowledged on their own.
+            log.debug("route channel closed before an acknowledgement")
+        finally:
+            self._task = None
 
 
 class RouteConsumer:
@@ -27,9 +71,7 @@ class RouteConsumer:
         self.rooms = rooms
         self.resync = resync
         self._tasks: set[asyncio.Task[None]] = set()
-        # The latest delivery not yet acknowledged, and whether an acknowledgement is on its way.
-        self._unacked: AbstractIncomingMessage | None = None
-        self._acking = False
+        self.acks = Acknowledger()
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         # Handing a frame to a session's buffer cannot fail or block, so the delivery is acked
@@ -49,26 +91,4 @@ class RouteConsumer:
             if routed.left_chat is not None:
                 sessions = set(self.registry.by_user.members(routed.user_id))
                 await self.rooms.evict(routed.user_id, routed.left_chat, sessions)
-        self._ack_soon(message)
-
-    def _ack_soon(self, message: AbstractIncomingMessage) -> None:
-        """Acknowledge every frame handled so far with one `basic.ack` (multiple) once this burst
-        of deliveries is through, not one frame per delivery: a message makes about five route
-        frames, and each acknowledgement is a write to the broker and a frame it must parse."""
-        self._unacked = message
-        if not self._acking:
-            self._acking = True
-            task = asyncio.create_task(self._ack())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _ack(self) -> None:
-        message, self._unacked, self._acking = self._unacked, None, False
-        if message is None:
-            return
-        try:
-            await message.ack(multiple=True)
-        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
-            # The channel went away (broker restart); its deliveries went back with it, and the
-            # new channel's are acknowledged on their own.
-            log.debug("route channel closed before an acknowledgement")
+        self.acks.handled(message)

@@ -22,6 +22,7 @@ import structlog
 from aiolimiter import AsyncLimiter
 
 from switchboard_contracts.errors import ErrorCode
+from switchboard_contracts.pages import unpack_page
 from switchboard_contracts.topology import Kind
 from switchboard_contracts.wire import encode_frame
 
@@ -141,9 +142,9 @@ class Session:
     def deliver(self, routed: Routed) -> None:
         if routed.kind == Kind.LIVE and self.catching_up:
             self._hold(routed)
-        elif routed.kind in (Kind.FLUSH, Kind.FLUSH_DONE):
+        elif routed.kind == Kind.FLUSH_PAGE:
             if self._current_page(routed):
-                self._take_flush(routed)
+                self._take_page(routed)
         elif not (routed.kind == Kind.LIVE and self._caught_up_past(routed)):
             self._push_message(routed.message_id, routed.frame)
 
@@ -180,13 +181,18 @@ class Session:
             and routed.after == self._expected_after
         )
 
-    def _take_flush(self, routed: Routed) -> None:
-        if routed.kind == Kind.FLUSH:
-            # The same page published twice (a redelivered request) is sent once.
-            self._push_message(routed.message_id, routed.frame)
-            self._note_sent(routed.chat_id, routed.seq)
+    def _take_page(self, routed: Routed) -> None:
+        try:
+            entries = unpack_page(routed.frame)
+        except ValueError:
+            log.exception("unreadable flush page", session_id=self.id)
+            self.drop(ErrorCode.INTERNAL.value)
             return
-        self._expected_after = None  # a repeat of this marker is ignored from now on
+        for entry in entries:
+            # A message already sent (the page published twice, or live before) is sent once.
+            self._push_message(entry.message_id, entry.frame)
+            self._note_sent(entry.chat_id, entry.seq)
+        self._expected_after = None  # a repeat of this page is ignored from now on
         self._flushed_count += routed.count
         if routed.more_after is not None:
             self._next_page_after, self._next_page_cursor = routed.more_after, routed.more_cursor

@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import Callable
 
+from switchboard_contracts.pages import PageEntry, pack_page
 from switchboard_gateway.routed import Routed
 from switchboard_gateway.sessions import CATCH_UP_TIMEOUT, CLOSE_TRY_AGAIN, Session
 
@@ -39,14 +40,23 @@ def live(message_id: str, seq: int, chat: str = "c1") -> Routed:
     return Routed("live", f"live-{message_id}".encode(), message_id, chat, seq)
 
 
-def flush(session: Session, message_id: str, seq: int, chat: str = "c1", after: int = 0) -> Routed:
-    frame = f"flush-{message_id}".encode()
-    return Routed("flush", frame, message_id, chat, seq, flush_id=session.flush_id, after=after)
-
-
-def done(session: Session, count: int, after: int = 0, more_after: int | None = None) -> Routed:
+def page(
+    session: Session,
+    messages: list[tuple[str, int]],
+    *,
+    chat: str = "c1",
+    after: int = 0,
+    more_after: int | None = None,
+) -> Routed:
+    """A flush page of (message id, seq) in one chat, as delivery packs it."""
+    entries = [PageEntry(m, chat, seq, f"flush-{m}".encode()) for m, seq in messages]
     return Routed(
-        "flush-done", b"", count=count, more_after=more_after, flush_id=session.flush_id, after=after
+        "flush-page",
+        pack_page(entries),
+        count=len(entries),
+        more_after=more_after,
+        flush_id=session.flush_id,
+        after=after,
     )
 
 
@@ -62,9 +72,7 @@ async def test_live_messages_wait_for_the_flush_and_duplicates_are_skipped() -> 
     session.deliver(live("m3", 3))
     session.deliver(live("m4", 4))
     session.deliver(Routed("reply", b"reply"))
-    session.deliver(flush(session, "m1", 1))
-    session.deliver(flush(session, "m3", 3))
-    session.deliver(done(session, 2))
+    session.deliver(page(session, [("m1", 1), ("m3", 3)]))
     session.deliver(live("m5", 5))
     await sink.until(lambda: len(sink.frames) == 6)
     assert sink.frames == [
@@ -86,8 +94,7 @@ async def test_a_held_message_older_than_the_flush_is_not_sent_after_it() -> Non
     session.deliver(live("m5", 5))
     session.deliver(live("m6", 6))
     session.deliver(live("x1", 1, chat="c2"))
-    session.deliver(flush(session, "m6", 6))
-    session.deliver(done(session, 1))
+    session.deliver(page(session, [("m6", 6)]))
     await sink.until(lambda: len(sink.frames) == 3)
     assert sink.frames == ["flush-m6", '{"event":"queue_flushed","data":{"count":1}}', "live-x1"]
     await session.stop()
@@ -96,15 +103,12 @@ async def test_a_held_message_older_than_the_flush_is_not_sent_after_it() -> Non
 async def test_the_next_page_is_asked_for_and_counts_add_up() -> None:
     sink = Sink()
     session = session_for(sink, buffer_limit=10)
-    session.deliver(flush(session, "m1", 1))
-    session.deliver(done(session, 1, more_after=41))
-    session.deliver(done(session, 1, more_after=41))  # the same marker again: ignored
+    session.deliver(page(session, [("m1", 1)], more_after=41))
+    session.deliver(page(session, [("m1", 1)], more_after=41))  # the same page again: ignored
     await sink.until(lambda: sink.pages == [41])
-    session.deliver(flush(session, "m2", 2, after=41))
-    session.deliver(flush(session, "m2", 2, after=41))  # the same page again: sent once
-    session.deliver(done(session, 1, after=41))
+    session.deliver(page(session, [("m1", 1), ("m2", 2)], after=41))  # m1 sent already: once
     await sink.until(lambda: len(sink.frames) == 3)
-    assert sink.frames == ["flush-m1", "flush-m2", '{"event":"queue_flushed","data":{"count":2}}']
+    assert sink.frames == ["flush-m1", "flush-m2", '{"event":"queue_flushed","data":{"count":3}}']
     assert sink.pages == [41]
     assert not session.catching_up
     await session.stop()
@@ -113,14 +117,11 @@ async def test_the_next_page_is_asked_for_and_counts_add_up() -> None:
 async def test_pages_of_an_earlier_catch_up_are_ignored() -> None:
     sink = Sink()
     session = session_for(sink, buffer_limit=10)
-    stale = flush(session, "old", 1)
-    stale_done = done(session, 1)
+    stale = page(session, [("old", 1)])
     session.begin_catch_up()  # e.g. the broker connection came back: a new catch-up
     session.deliver(stale)
-    session.deliver(stale_done)
     assert session.catching_up
-    session.deliver(flush(session, "new", 2))
-    session.deliver(done(session, 1))
+    session.deliver(page(session, [("new", 2)]))
     await sink.until(lambda: len(sink.frames) == 2)
     assert sink.frames == ["flush-new", '{"event":"queue_flushed","data":{"count":1}}']
     await session.stop()
@@ -170,7 +171,8 @@ async def test_sync_replaces_the_queue_flush_and_releases_only_newer_live_messag
     stale_flush_id = session.flush_id
     session.deliver(live("m2", 2))  # before the sync: held behind the queue catch-up
     session.begin_sync()
-    session.deliver(Routed("flush", b"flush-m1", "m1", "c1", 1, flush_id=stale_flush_id, after=0))
+    stale = page(session, [("m1", 1)])
+    session.deliver(Routed("flush-page", stale.frame, count=1, flush_id=stale_flush_id, after=0))
     session.deliver(live("m5", 5))
     session.deliver(live("n1", 1, chat="c2"))
     for seq in (1, 2, 3, 4):
@@ -226,10 +228,19 @@ async def test_only_ids_sent_on_this_connection_count_as_acknowledged() -> None:
     sink = Sink()
     session = session_for(sink, buffer_limit=10)
     sent = "9f56696e-fbe8-44cb-b29a-3769ddcae750"
-    session.deliver(flush(session, sent, 1))
-    session.deliver(done(session, 1))
+    session.deliver(page(session, [(sent, 1)]))
     await sink.until(lambda: len(sink.frames) == 2)
     # Made-up, malformed and upper-cased ids: only the last names a message this connection got.
     asked = ["00000000-0000-0000-0000-000000000000", "not an id", "", sent.upper()]
     assert session.sent_of(asked) == [sent]
+    await session.stop()
+
+
+async def test_an_unreadable_flush_page_ends_the_session_for_a_retry() -> None:
+    sink = Sink()
+    session = session_for(sink, buffer_limit=10)
+    session.deliver(Routed("flush-page", b"not a page", count=1, flush_id=session.flush_id, after=0))
+    await sink.until(lambda: sink.closed is not None)
+    assert sink.closed == (CLOSE_TRY_AGAIN, "internal")
+    assert sink.frames == []
     await session.stop()

@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.load import Ledger, Session, close_all, open_loop, open_sessions, unique
+from bench.load import Ledger, Session, close_all, histogram, open_loop, open_sessions, summary, unique
 from bench.rates import PADDING, per_message
 from bench.targets import Target
 from bench.usage import Usage
@@ -141,7 +141,10 @@ async def reconnect_storm(target: Target, count: int, log: Callable[[str], None]
     usage.start()
     started = time.perf_counter()
     # Every session at once: no handshake waits for another.
-    sessions = await open_sessions(target.ws_urls, users, target.secret, ledger, concurrency=count)
+    ready = histogram()
+    sessions = await open_sessions(
+        target.ws_urls, users, target.secret, ledger, concurrency=count, ready=ready
+    )
     reconnected = time.perf_counter() - started
     settled = await ledger.settled(WAIT_SECONDS)
     seconds = time.perf_counter() - started
@@ -151,13 +154,17 @@ async def reconnect_storm(target: Target, count: int, log: Callable[[str], None]
         "sessions": count,
         "seconds": round(seconds, 2),
         "all_flushed_after": round(reconnected, 2),
+        # Connect -> caught up (queue_flushed), per session.
+        "session_ready_ms": summary(ready),
         "lost": ledger.lost(),
         "duplicates": ledger.duplicates,
         "processes": processes,
     }
     result["held"] = bool(settled and result["lost"] == 0 and result["duplicates"] == 0)
+    each = summary(ready)
     log(
-        f"  {target.name} reconnect storm of {count}: all back and caught up in {seconds:.2f} s,"
+        f"  {target.name} reconnect storm of {count}: all back and caught up in {seconds:.2f} s"
+        f" (a session: p50 {each.get('p50', 0):.0f} ms, p99 {each.get('p99', 0):.0f} ms),"
         f" lost {result['lost']} dup {result['duplicates']}"
     )
     return result

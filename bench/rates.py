@@ -152,7 +152,8 @@ def per_message(processes: dict[str, dict[str, float]], messages: int) -> dict[s
     for row in processes.values():
         if "cpu_seconds" in row and messages:
             row["cpu_us_per_message"] = round(row["cpu_seconds"] / messages * 1e6, 1)
-            row["writes_per_message"] = round(row["writes"] / messages, 1)
+            if "writes" in row:
+                row["writes_per_message"] = round(row["writes"] / messages, 1)
     return processes
 
 

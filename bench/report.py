@@ -164,9 +164,10 @@ def cpu_table(by_target: dict[str, Any]) -> list[str]:
         for process, row in best["processes"].items():
             if "cpu_seconds" not in row:
                 continue
-            cpu, writes = row.get("cpu_us_per_message", 0), row.get("writes_per_message", 0)
+            cpu, writes = row.get("cpu_us_per_message", 0), row.get("writes_per_message")
+            written = "–" if writes is None else f"{writes:,.1f}"
             lines.append(
-                f"| {target} | {best['rate']:g} | {process} | {cpu:,.0f} | {writes:,.1f} | "
+                f"| {target} | {best['rate']:g} | {process} | {cpu:,.0f} | {written} | "
                 f"{row['cores']:.2f} | {row.get('peak_rss_mb', '–')} |"
             )
     return lines

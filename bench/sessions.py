@@ -12,7 +12,7 @@ from bench.usage import Usage
 
 # The rate a backlog is written at before the flush or the storm: the writing is not what these
 # scenarios measure, so it is kept well under the pairs knee.
-BACKLOG_RATE = 200.0
+BACKLOG_RATE = 400.0
 # Far past every target: a slow flush is judged slow, not lossy.
 WAIT_SECONDS = 300.0
 

@@ -35,7 +35,10 @@ def _cpu(process: psutil.Process) -> float:
 
 
 def machine_processes(name: str) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == name]
+    """The root processes of that name: with `tree`, a group counts their children too."""
+    found = [p for p in psutil.process_iter(["name", "ppid"]) if p.info["name"] == name]
+    pids = {p.pid for p in found}
+    return [p for p in found if p.info["ppid"] not in pids]
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Group:
     processes: list[psutil.Process]
     # Only a group of one process has a meaningful peak RSS (backends share memory).
     memory: bool = True
+    # Count the processes' children as well, those running and those already ended: a
+    # PostgreSQL backend that closes during the window takes its CPU with it otherwise.
+    tree: bool = False
     cpu_start: float = 0.0
     writes_start: int = 0
 
@@ -54,6 +60,12 @@ class Group:
         for process in self.processes:
             with contextlib.suppress(psutil.Error):
                 total += _cpu(process)
+                if self.tree:
+                    times = process.cpu_times()
+                    total += times.children_user + times.children_system
+                    for child in process.children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            total += _cpu(child)
         return total
 
     def writes(self) -> int:
@@ -80,8 +92,8 @@ class Usage:
         groups = [Group(name, [psutil.Process(pid)]) for name, pid in services.items()]
         groups.append(Group("load generator", [psutil.Process(os.getpid())]))
         if infrastructure:
-            groups.append(Group("rabbitmq", machine_processes("beam.smp"), memory=False))
-            groups.append(Group("postgresql", machine_processes("postgres"), memory=False))
+            groups.append(Group("rabbitmq", machine_processes("beam.smp"), memory=False, tree=True))
+            groups.append(Group("postgresql", machine_processes("postgres"), memory=False, tree=True))
         return cls(groups)
 
     def start(self) -> None:
@@ -99,11 +111,10 @@ class Usage:
         result: dict[str, dict[str, float]] = {}
         for group in self.groups:
             cpu = group.cpu() - group.cpu_start
-            row = {
-                "cpu_seconds": round(cpu, 3),
-                "cores": round(cpu / seconds, 3) if seconds else 0.0,
-                "writes": group.writes() - group.writes_start,
-            }
+            row = {"cpu_seconds": round(cpu, 3), "cores": round(cpu / seconds, 3) if seconds else 0.0}
+            if not group.tree:
+                # (A process tree's ended children take their counts with them.)
+                row["writes"] = group.writes() - group.writes_start
             if group.memory:
                 with contextlib.suppress(psutil.Error, OSError):
                     process = group.processes[0]

@@ -111,13 +111,28 @@ def floor_section(results: dict[str, Any]) -> list[str]:
         "",
     ]
     pairs = results["scenarios"].get("pairs", {}).get("switchboard")
-    if pairs and pairs.get("knee"):
-        allowed = broker / PERSISTENT_PUBLISHES_PER_MESSAGE
+    knee_step = _best(pairs["steps"]) if pairs else None
+    if pairs and pairs.get("knee") and knee_step is not None:
+        knee = pairs["knee"]
+        written = knee_step["database_per_message"]
+        by_broker = broker / PERSISTENT_PUBLISHES_PER_MESSAGE
+        by_broker_all = broker / BROKER_PUBLISHES_PER_MESSAGE
+        by_rows = batched / written["rows"] if written["rows"] else float("inf")
+        by_commits = single / written["commits"] if written["commits"] else float("inf")
         lines += [
-            f"A pairs message makes {BROKER_PUBLISHES_PER_MESSAGE} broker publishes, "
-            f"{PERSISTENT_PUBLISHES_PER_MESSAGE} of them persistent through quorum queues: the broker "
-            f"alone allows about {allowed:,.0f} msg/s. Switchboard's knee, {pairs['knee']:g} msg/s, is "
-            f"**{pairs['knee'] / allowed:.1%}** of that.",
+            "What the floor allows a pairs message, given what one costs at Switchboard's knee"
+            f" ({knee:g} msg/s), and the knee as a fraction of it:",
+            "",
+            "| limit | per message | allows | knee ÷ allowed |",
+            "|---|---|---|---|",
+            f"| broker, persistent publishes through quorum queues | {PERSISTENT_PUBLISHES_PER_MESSAGE}"
+            f" | {by_broker:,.0f} msg/s | {knee / by_broker:.1%} |",
+            f"| broker, every publish counted as persistent | {BROKER_PUBLISHES_PER_MESSAGE}"
+            f" | {by_broker_all:,.0f} msg/s | {knee / by_broker_all:.1%} |",
+            f"| database, rows written (batched) | {written['rows']:.1f}"
+            f" | {by_rows:,.0f} msg/s | {knee / by_rows:.1%} |",
+            f"| database, transactions committed | {written['commits']:.1f}"
+            f" | {by_commits:,.0f} msg/s | {knee / by_commits:.1%} |",
             "",
         ]
     return lines

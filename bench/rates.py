@@ -167,8 +167,10 @@ async def ladder(target: Target, scenario: RateScenario, log: Callable[[str], No
             result = await step(target, prepared, scenario, rate)
             steps.append(result)
             latency = result["latency_ms"]
+            other = result["processes"]["machine"]["other_cores"]
             log(
-                f"  {target.name} {scenario.name} {rate:g}/s: p50 {latency.get('p50', 0):.1f} ms"
+                f"  {target.name} {scenario.name} {rate:g}/s (other load {other:.2f} core):"
+                f" p50 {latency.get('p50', 0):.1f} ms"
                 f" p99 {latency.get('p99', 0):.1f} ms lost {result['lost']} dup {result['duplicates']}"
                 f" errors {sum(result['errors'].values())} achieved {result['achieved_rate']:g}/s"
                 f" generator {result['processes']['load generator']['cores']:.2f} core"

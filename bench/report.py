@@ -146,19 +146,20 @@ def rate_section(name: str, by_target: dict[str, Any]) -> list[str]:
         f"Latency is {any_result['figure']}, from when the send was due.",
         "",
         "| system | rate | achieved | p50 ms | p90 | p99 | p99.9 | max | lost | dup | reordered | refused"
-        " | generator cores | held |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " | generator cores | machine cores (other) | held |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for target, result in by_target.items():
         for s in result["steps"]:
             lat = s["latency_ms"]
             generator = f"{s['processes']['load generator']['cores']:.2f}"
+            machine = s["processes"]["machine"]
             lines.append(
                 f"| {target} | {s['rate']:g} | {s['achieved_rate']:g} | {_ms(lat.get('p50'))} | "
                 f"{_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {_ms(lat.get('p99.9'))} | "
                 f"{_ms(lat.get('max'))} | {s['lost']} | {s['duplicates']} | {s['out_of_order']} | "
                 f"{sum(s['errors'].values())} | {generator}{' (bound)' if s['generator_bound'] else ''} | "
-                f"{'yes' if s['held'] else 'no'} |"
+                f"{machine['cores']:.2f} ({machine['other_cores']:.2f}) | {'yes' if s['held'] else 'no'} |"
             )
     lines += ["", *cpu_table(by_target), ""]
     return lines

@@ -34,6 +34,12 @@ def _cpu(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (every core, everything but idle)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 def machine_processes(name: str) -> list[psutil.Process]:
     """The root processes of that name: with `tree`, a group counts their children too."""
     found = [p for p in psutil.process_iter(["name", "ppid"]) if p.info["name"] == name]
@@ -85,6 +91,7 @@ class Usage:
 
     groups: list[Group]
     started: float = 0.0
+    machine_start: float = 0.0
     rss_start: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -104,6 +111,7 @@ class Usage:
                 for process in group.processes:
                     _reset_peak(process.pid)
                     self.rss_start[group.name] = process.memory_info().rss
+        self.machine_start = _machine_busy()
         self.started = time.perf_counter()
 
     def stop(self) -> dict[str, dict[str, float]]:
@@ -122,5 +130,13 @@ class Usage:
                     row["rss_mb"] = round(process.memory_info().rss / 2**20, 1)
                     row["rss_start_mb"] = round(self.rss_start.get(group.name, 0) / 2**20, 1)
             result[group.name] = row
-        result["machine"] = {"seconds": round(seconds, 3)}
+        busy = _machine_busy() - self.machine_start
+        measured = sum(row["cpu_seconds"] for row in result.values())
+        result["machine"] = {
+            "seconds": round(seconds, 3),
+            "cores": round(busy / seconds, 3) if seconds else 0.0,
+            # CPU of processes this window does not measure (the kernel's own work included):
+            # more than a little means something else was running and the figures are suspect.
+            "other_cores": round(max(0.0, busy - measured) / seconds, 3) if seconds else 0.0,
+        }
         return result

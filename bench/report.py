@@ -167,24 +167,34 @@ def rate_section(name: str, by_target: dict[str, Any]) -> list[str]:
 
 def cpu_table(by_target: dict[str, Any]) -> list[str]:
     """CPU per message by process, at each system's best step (its knee, or its first step)."""
-    lines = [
-        "CPU per message sent, in microseconds, at each system's knee (or first step), and peak RSS:",
-        "",
-        "| system | rate | process | µs CPU / message | writes / message | cores | peak RSS MB |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    entries = []
     for target, result in by_target.items():
         best = _best(result["steps"])
-        if best is None:
-            continue
-        for process, row in best["processes"].items():
+        if best is not None:
+            entries.append((f"{target} at {best['rate']:g}/s", best["processes"]))
+    return [
+        "CPU per message sent, in microseconds, at each system's knee (or first step), and peak RSS:",
+        "",
+        *cost_table(entries),
+    ]
+
+
+def cost_table(entries: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Per process of each entry (a label and its processes' figures): CPU and socket writes
+    per message, cores, peak RSS."""
+    lines = [
+        "| system | process | µs CPU / message | writes / message | cores | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, processes in entries:
+        for process, row in processes.items():
             if "cpu_seconds" not in row:
                 continue
             cpu, writes = row.get("cpu_us_per_message", 0), row.get("writes_per_message")
             written = "–" if writes is None else f"{writes:,.1f}"
             lines.append(
-                f"| {target} | {best['rate']:g} | {process} | {cpu:,.0f} | {written} | "
-                f"{row['cores']:.2f} | {row.get('peak_rss_mb', '–')} |"
+                f"| {label} | {process} | {cpu:,.0f} | {written} | {row['cores']:.2f} |"
+                f" {row.get('peak_rss_mb', '–')} |"
             )
     return lines
 
@@ -195,18 +205,7 @@ def once_section(name: str, by_target: dict[str, Any]) -> list[str]:
         text, _ = headline(name, result)
         reordered = result.get("out_of_order", "–")
         lines.append(f"| {target} | {text} | {result['lost']} | {result['duplicates']} | {reordered} |")
-    lines += ["", *cpu_rows(by_target, "message"), ""]
-    return lines
-
-
-def cpu_rows(by_target: dict[str, Any], unit: str) -> list[str]:
-    lines = [f"| system | process | µs CPU / {unit} | cores |", "|---|---|---|---|"]
-    for target, result in by_target.items():
-        for process, row in result["processes"].items():
-            if "cpu_seconds" in row:
-                lines.append(
-                    f"| {target} | {process} | {row.get('cpu_us_per_message', 0):,.0f} | {row['cores']:.2f} |"
-                )
+    lines += ["", *cost_table([(target, result["processes"]) for target, result in by_target.items()]), ""]
     return lines
 
 

@@ -62,10 +62,15 @@ def main() -> None:
     parser.add_argument(
         "--instances", type=int, default=1, choices=range(1, 5), help="of messages and delivery each (1-4)"
     )
+    parser.add_argument(
+        "--sessions",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="the idle-sessions levels, e.g. 2000,5000 (default 5000,10000,19500; 300 short)",
+    )
     parser.add_argument("--out", type=Path, help="results directory (default bench/results/<date>)")
     args = parser.parse_args()
 
-    sizes = adjusted(SHORT if args.short else FULL, args.seconds, args.rates)
+    sizes = adjusted(SHORT if args.short else FULL, args.seconds, args.rates, args.sessions)
     scenarios = args.scenario or list(SCENARIOS)
     targets = args.target or ["switchboard", "baseline"]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -77,7 +82,7 @@ def main() -> None:
     results["command"] = command
     # Only a full run of everything speaks for the whole suite in the docs.
     complete = not args.short and args.instances == 1
-    complete = complete and not (args.scenario or args.target or args.seconds or args.rates)
+    complete = complete and not (args.scenario or args.target or args.seconds or args.rates or args.sessions)
     print(report.write(results, out, command, update_docs=complete))
     log(f"results in {out}")
     found = failures(results)

@@ -90,8 +90,11 @@ SHORT = Sizes(
 )
 
 
-def adjusted(sizes: Sizes, seconds: float | None, rates: list[float] | None) -> Sizes:
-    """The same sizes with the rate scenarios' step length or ladder replaced (for exploring)."""
+def adjusted(
+    sizes: Sizes, seconds: float | None, rates: list[float] | None, idle_levels: list[int] | None = None
+) -> Sizes:
+    """The same sizes with the rate scenarios' step length or ladder, or the idle-sessions
+    levels, replaced (for exploring)."""
     changes: dict[str, Any] = {}
     if seconds is not None:
         changes["seconds"] = seconds
@@ -99,6 +102,7 @@ def adjusted(sizes: Sizes, seconds: float | None, rates: list[float] | None) -> 
         changes["rates"] = rates
     return replace(
         sizes,
+        idle_levels=idle_levels or sizes.idle_levels,
         pairs=replace(sizes.pairs, **changes),
         group=replace(sizes.group, **changes),
         big_group=replace(sizes.big_group, **changes),

@@ -16,6 +16,7 @@ import structlog
 import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp
 
 from switchboard_contracts.events import Event
 
@@ -210,7 +211,7 @@ def event_app(
 
 def run_cli(
     service: str,
-    app_factory: Callable[[], FastAPI],
+    app_factory: Callable[[], ASGIApp],
     settings: CommonSettings,
     *,
     port: int,

@@ -165,6 +165,9 @@ class Pace:
     they asked.
     """
 
+    # Every connection has one (its own read pace): no instance dict.
+    __slots__ = ("due", "interval", "slack")
+
     def __init__(self, burst: float, per_second: float) -> None:
         self.interval = 1.0 / per_second
         self.slack = burst * self.interval
@@ -209,6 +212,8 @@ class ReadPace:
     Past either rate nothing is refused: the gateway reads that socket more slowly, so the
     client's own TCP window fills and a flood costs the gateway no more than the rates allow.
     """
+
+    __slots__ = ("address", "own")
 
     def __init__(self, own: Pace, address: Pace | None) -> None:
         self.own = own

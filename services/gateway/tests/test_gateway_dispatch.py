@@ -19,7 +19,7 @@ async def test_a_failing_handler_answers_internal_instead_of_ending_the_connecti
     monkeypatch.setitem(FRAME_HANDLERS, "mark_read", broken)
     pushed: list[bytes] = []
     session = Session("ann", send=None, close=None, buffer_limit=10)  # type: ignore[arg-type]
-    monkeypatch.setattr(session, "push", pushed.append)
+    monkeypatch.setattr(Session, "push", lambda _, frame: pushed.append(frame))
 
     await ws._dispatch(None, None, session, ClientFrame(event="mark_read", data={}))  # type: ignore[arg-type]
 

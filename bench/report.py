@@ -39,7 +39,14 @@ def headline(name: str, result: dict[str, Any]) -> tuple[str, float | None]:
     """The scenario's one figure: what its target is about."""
     if name in RATE_SCENARIOS:
         knee = result.get("knee")
-        return (f"{knee:g} msg/s" if knee else "below the first rate"), knee
+        if knee:
+            return f"{knee:g} msg/s", knee
+        first = result["steps"][0] if result["steps"] else None
+        if first is None:
+            return "not run", None
+        p99 = first["latency_ms"].get("p99")
+        p99_text = f"p99 {_ms(p99)} ms" if p99 is not None else "nothing arrived"
+        return f"none held: < {first['rate']:g} msg/s ({p99_text} at {first['rate']:g})", None
     if name == "offline flush":
         return f"{result['seconds']:.2f} s for {result['backlog']:,}", result["seconds"]
     if name == "idle sessions":

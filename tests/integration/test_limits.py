@@ -450,9 +450,16 @@ async def test_syncs_past_the_addresss_allowance_are_refused_whatever_the_connec
 
 async def _too_many_fragments(connect: Connector, address: str) -> None:
     client = await session(connect, address, unique("frag"))
-    await client.ws.send(iter(pieces(json.dumps({"event": "nope", "data": {}}), 20)))
-    assert (await client.next("error"))["code"] == "too_many_fragments"
-    assert await client.wait_closed() == 1008
+    # The gateway closes at the 17th fragment, sometimes while the client is still writing the
+    # rest: its write then fails, and the kernel's reset can discard the error frame and the
+    # close frame before the client reads them (1006). The 429 that follows in the test is the
+    # proof the violation was seen.
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await client.ws.send(iter(pieces(json.dumps({"event": "nope", "data": {}}), 20)))
+    code = await client.wait_closed()
+    if code != 1006:
+        assert code == 1008
+        assert (await client.next("error"))["code"] == "too_many_fragments"
 
 
 async def _frame_too_large(connect: Connector, address: str) -> None:

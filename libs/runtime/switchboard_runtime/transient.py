@@ -23,6 +23,11 @@ _ALWAYS = (
     TimeoutError,
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    # "cannot switch to state 15; another operation is in progress": a pooled connection whose
+    # backend was terminated in the middle of an operation (seen in CI when the database was
+    # cut off mid-batch). If it came from anything else, the consumer's probe of a healthy
+    # database still dead-letters the event rather than retrying it for ever.
+    asyncpg.exceptions.InternalClientError,
     aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
 )

@@ -13,6 +13,8 @@ def test_dependency_trouble_is_transient() -> None:
     assert is_transient(_postgres_error(asyncpg.exceptions.SerializationError))  # 40001
     assert is_transient(_postgres_error(asyncpg.exceptions.ReadOnlySQLTransactionError))  # 25006
     assert is_transient(_postgres_error(asyncpg.exceptions.AdminShutdownError))  # 57P01
+    # A pooled connection whose backend was terminated mid-operation.
+    assert is_transient(asyncpg.exceptions.InternalClientError("cannot switch to state 15"))
 
 
 def test_bad_data_and_bugs_are_not() -> None:

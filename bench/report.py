@@ -3,6 +3,7 @@ docs/benchmarks.md (between its `results` markers)."""
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -287,8 +288,9 @@ def write(results: dict[str, Any], out: Path, command: str, *, update_docs: bool
     links = "\n".join(f"![{p.stem}]({p.name})" for p in images)
     (out / "results.md").write_text(f"# Benchmark results\n\n{text}\n{links}\n")
     if update_docs and DOCS.exists():
-        relative = out.relative_to(ROOT)
-        doc_links = "\n".join(f"![{p.stem}](../{relative}/{p.name})" for p in images)
+        # Links from docs/ to wherever the results went (--out may be anywhere).
+        relative = os.path.relpath(out.resolve(), DOCS.parent)
+        doc_links = "\n".join(f"![{p.stem}]({relative}/{p.name})" for p in images)
         docs = DOCS.read_text()
         head, _, rest = docs.partition(START)
         _, _, tail = rest.partition(END)

@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 import orjson
 import websockets
 from hdrh.histogram import HdrHistogram
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 from websockets.asyncio.client import ClientConnection
+
+from tests.integration.client import token
 
 # 1 µs to 10 minutes at 3 significant digits: a latency past ten minutes is a failed run anyway.
 LOWEST_US, HIGHEST_US, DIGITS = 1, 600_000_000, 3
@@ -41,13 +42,13 @@ def summary(h: HdrHistogram) -> dict[str, float]:
     return {"count": h.get_total_count(), **ms, "max": h.get_max_value() / 1000}
 
 
-def token(user_id: str, secret: str) -> str:
-    # An hour: longer than any benchmark run.
-    return jwt.encode({"sub": user_id, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+# A token is made at each connect; an hour is longer than any benchmark step needs.
+TOKEN_SECONDS = 3600
 
 
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
+def bearer(user_id: str, secret: str) -> dict[str, str]:
+    """The Authorization header of one user, as the tests' clients sign it."""
+    return {"Authorization": f"Bearer {token(user_id, secret=secret, expires_in=TOKEN_SECONDS)}"}
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Session:
             with attempt:
                 ws = await websockets.connect(
                     url,
-                    additional_headers={"Authorization": f"Bearer {token(user, secret)}"},
+                    additional_headers=bearer(user, secret),
                     max_size=None,
                     # The benchmark measures the server; keep-alive pings from 20,000 clients
                     # would be load the scenario does not describe.

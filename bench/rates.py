@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.load import Ledger, Session, close_all, open_loop, open_sessions, summary, unique
+from bench.load import Ledger, Session, close_all, open_loop, open_sessions, summary
 from bench.targets import Target
 from bench.usage import Usage
+from tests.integration.client import unique
 
 # Message bodies of about the size of a chat message; also the size bench.floor measures.
 PADDING = "x" * 100

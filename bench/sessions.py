@@ -5,10 +5,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.load import Ledger, Session, close_all, histogram, open_loop, open_sessions, summary, unique
+from bench.load import Ledger, Session, close_all, histogram, open_loop, open_sessions, summary
 from bench.rates import PADDING, per_message
 from bench.targets import Target
 from bench.usage import Usage
+from tests.integration.client import unique
 
 # The rate a backlog is written at before the flush or the storm: the writing is not what these
 # scenarios measure, so it is kept well under the pairs knee.

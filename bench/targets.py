@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 
 from bench.baseline.launch import running_baseline
-from bench.load import token
+from bench.load import bearer
 from tests.integration.system import JWT_SECRET, running_system
 
 AMQP_URL = os.environ.get("CHAT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -92,7 +92,7 @@ class Target:
                     response = await http.post(
                         "/chats",
                         json={"type": kind, "members": members},
-                        headers={"Authorization": f"Bearer {token(creator, self.secret)}"},
+                        headers=bearer(creator, self.secret),
                     )
                     if response.status_code != 201:
                         raise RuntimeError(f"creating a chat: {response.status_code} {response.text}")

@@ -174,6 +174,7 @@ class System:
                 CHAT_GATEWAY_PORT=str(port),
                 CHAT_MESSAGES_URL=f"http://127.0.0.1:{ports['messages']}",
                 CHAT_PRESENCE_URL=f"http://127.0.0.1:{ports['presence']}",
+                CHAT_DELIVERY_URL=f"http://127.0.0.1:{ports['delivery']}",
             )
         for process in self.processes.values():
             process.start()

@@ -20,8 +20,10 @@ from switchboard_contracts.events import ChatCreated, ChatMemberAdded, Envelope,
 from switchboard_contracts.partitions import event_routing_key, partition_key, partition_of
 from switchboard_contracts.topology import PARTITIONED, Topology
 from switchboard_runtime.amqp import DELIVERY_LIMIT, Bus, declare_service_queues
-from switchboard_runtime.consumer import BATCH_RETRY_SECONDS, EventConsumer, HandlerContext
-from switchboard_runtime.db import create_pool
+from switchboard_runtime.consumer import BATCH_RETRY_SECONDS, EventConsumer
+from switchboard_runtime.db import Conn, create_pool
+from switchboard_runtime.outbox import OutboxRelay
+from switchboard_runtime.uow import Outbox, UnitOfWork, UnitsOfWork
 
 from .client import Api, Client, unique
 from .system import BIN, System, running_system
@@ -207,7 +209,7 @@ async def test_poison_is_dead_lettered_without_blocking_and_can_be_listed_and_re
         code, out = await admin(system, "dlq", "replay", "delivery", "--id", ids[0], "--id", str(healthy.id))
         assert code == 0, out
         # Each back to the queue of its own partition (the chat's), not to one service queue.
-        assert "2 message(s) replayed to" in out
+        assert "2 event(s) replayed to" in out
         for envelope in (poisons[0], healthy):
             assert queue_of(topology, "delivery", envelope) in out
         # The healthy one is handled: its members hear that Erin joined.
@@ -220,10 +222,10 @@ async def test_poison_is_dead_lettered_without_blocking_and_can_be_listed_and_re
             system, "delivery", lambda out: all(i in out for i in ids) and "rejected x2" in out
         )
         assert str(healthy.id) not in final
-        assert f"{len(poisons)} dead-lettered message(s) shown" in final
+        assert f"{len(poisons)} dead-lettered event(s) shown" in final
 
         code, out = await admin(system, "dlq", "replay", "delivery", "--id", str(uuid.uuid4()))
-        assert code == 1 and "0 message(s) replayed" in out and "not found" in out
+        assert code == 1 and "0 event(s) replayed" in out and "not found" in out
     finally:
         await watch.close()
         await alice.close()
@@ -265,36 +267,49 @@ async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_aft
         await namespace_owner.stop()
 
 
+class RecordingUnits(UnitsOfWork[Conn]):
+    """Units of work that tell the test what each committed (the titles its handler noted)."""
+
+    def __init__(self, lone: "LoneConsumer") -> None:
+        super().__init__(lone.pool, lambda conn: conn, lone.bus, OutboxRelay(lone.pool, lone.bus), "test")
+        self.lone = lone
+
+    def committed(self, outbox: Outbox) -> None:
+        super().committed(outbox)
+        self.lone.record([message.body.decode() for message in outbox.messages])
+
+
 @dataclass
 class LoneConsumer:
     """The base consumer in this process, as delivery, on the real broker and database, with one
-    handler: it records each chat.created.v1 it committed, and on the one titled "stuck" runs into
-    a statement timeout (SQLSTATE 57014, classed as transient) every time."""
+    handler: it notes each chat.created.v1 in its unit of work (what committed is recorded), and
+    on the one titled "stuck" runs into a statement timeout (SQLSTATE 57014, classed as
+    transient) every time."""
 
     system: System
     bus: Bus
     pool: asyncpg.Pool
     watch: DeadLetterWatch
     handled: list[str] = field(default_factory=list)
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: "asyncio.Task[None] | None" = None
 
-    async def on_created(self, event: ChatCreated, ctx: HandlerContext) -> None:
-        if event.title == "stuck":
-            await ctx.conn.execute("SET LOCAL statement_timeout = '10ms'")
-            await ctx.conn.execute("SELECT pg_sleep(1)")
-        title = event.title or ""
-        ctx.after_commit.append(lambda: self._record(title))
+    async def on_created(self, events: list[ChatCreated], uow: UnitOfWork[Conn]) -> None:
+        for event in events:
+            if event.title == "stuck":
+                await uow.store.execute("SET LOCAL statement_timeout = '10ms'")
+                await uow.store.execute("SELECT pg_sleep(1)")
+            # Published after commit to a key nothing is bound to: only the record counts.
+            uow.outbox.publish("test-recorded", (event.title or "").encode(), {})
 
-    async def _record(self, title: str) -> None:
-        async with self.changed:
-            self.handled.append(title)
-            self.changed.notify_all()
+    def record(self, titles: list[str]) -> None:
+        self.handled.extend(titles)
+        self.changed.set()
 
     def start(self) -> None:
         handlers: dict[type[Event], Any] = {ChatCreated: self.on_created}
         consumer = EventConsumer(
-            service="delivery", bus=self.bus, pool=self.pool, handlers=handlers, prefetch=100, batch_size=50
+            service="delivery", units=RecordingUnits(self), handlers=handlers, prefetch=100, batch_size=50
         )
         self.task = asyncio.create_task(consumer.run())
 
@@ -320,8 +335,10 @@ class LoneConsumer:
         return envelopes
 
     async def wait_handled(self, count: int, timeout: float) -> None:
-        async with asyncio.timeout(timeout), self.changed:
-            await self.changed.wait_for(lambda: len(self.handled) >= count)
+        async with asyncio.timeout(timeout):
+            while len(self.handled) < count:
+                self.changed.clear()
+                await self.changed.wait()
 
 
 @pytest.fixture

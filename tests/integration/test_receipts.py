@@ -38,6 +38,7 @@ async def test_delivered_then_read_up_to_seq_and_history(connect: Connector) -> 
         "message_id": ids[4],
         "chat_id": chat,
         "user_id": b,
+        "user_ids": [b],
         "status": "read",
         "up_to_seq": 5,
         "delivered_count": 1,

@@ -16,7 +16,6 @@ from .models import ChatType, MessageOut
 __all__ = [
     "EVENT_TYPES",
     "ChatReadMarked",
-    "MessagesDelivered",
     "MessagesRead",
     "NotificationCancelled",
     "NotificationRequested",
@@ -127,6 +126,9 @@ class ChatMemberAdded(Event):
     chat_id: UUID
     user_id: str
     by: str
+    # The chat's last seq when the member was added: they receive (and are counted a recipient
+    # of) the messages after it only.
+    joined_seq: int = 0
 
 
 class ChatMemberRemoved(Event):
@@ -161,17 +163,6 @@ class ChatReadMarked(Event):
     user_id: str
     seq: int
     origin: Origin
-
-
-class MessagesDelivered(Event):
-    """Receipts: these messages reached one of `user_id`'s devices for the first time."""
-
-    TYPE = "chat.messages.delivered.v1"
-    PARTITION_BY = "chat_id"
-
-    chat_id: UUID
-    user_id: str
-    message_ids: list[UUID]
 
 
 class MessagesRead(Event):
@@ -236,6 +227,9 @@ class SessionClosed(Event):
     session_id: str
     user_id: str
     gateway_id: str
+    # When the connection closed, by the gateway's clock: the user's `last_seen` if it was their
+    # last session.
+    closed_at: datetime
 
 
 class GatewayHeartbeat(Event):
@@ -307,7 +301,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ChatMemberRemoved,
         DeliveryAcked,
         ChatReadMarked,
-        MessagesDelivered,
         MessagesRead,
         NotificationRequested,
         NotificationCancelled,

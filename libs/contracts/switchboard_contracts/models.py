@@ -13,6 +13,8 @@ __all__ = [
     "HistoryMessage",
     "PresenceOut",
     "Receipt",
+    "MessageReceipts",
+    "ReceiptsRequest",
     "ReceiptStatus",
     "SyncPlan",
     "SyncRequest",
@@ -91,6 +93,23 @@ ReceiptStatus = Literal["sent", "delivered", "read"]
 class Receipt(BaseModel):
     user_id: str
     status: ReceiptStatus
+
+
+class ReceiptsRequest(BaseModel):
+    """What the gateway asks delivery about the caller's own messages of a history page."""
+
+    # A history page is at most 200 messages.
+    message_ids: Annotated[list[UUID], Field(max_length=200)]
+
+
+class MessageReceipts(BaseModel):
+    """Where each recipient of one message stands, and the totals."""
+
+    message_id: UUID
+    delivered_count: int
+    read_count: int
+    total: int
+    receipts: list[Receipt]
 
 
 class HistoryMessage(MessageOut):

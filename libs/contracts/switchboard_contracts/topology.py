@@ -3,16 +3,17 @@
 Two exchanges, both prefixed with a namespace so that test runs and deployments sharing a
 broker never see each other's traffic:
 
-* `<ns>.events` (topic): domain events, routing key = `<event type>.<partition>`
-  (`partitions.py`). A partitioned service (PARTITIONED) owns one durable quorum queue per
-  partition, `<ns>.<service>.<partition>`, bound with `<type>.<partition>` for the types it
-  handles; any other service owns one queue bound with `<type>.*`, every partition.
+* `<ns>.events` (topic): domain events in batches (`batches.py`), routing key =
+  `<event type>.<partition>` (`partitions.py`): every event of one batch has the same type and
+  partition. A partitioned service (PARTITIONED) owns one durable quorum queue per partition,
+  `<ns>.<service>.<partition>`, bound with `<type>.<partition>` for the types it handles; any
+  other service owns one queue bound with `<type>.*`, every partition.
 * `<ns>.route` (direct): frames on their way to clients. Every gateway process owns one exclusive
   queue bound with `gw.<gateway_id>` (answers to one of its sessions) and `user.<user_id>` for each
-  user it currently holds. A message for a user is published once with routing key
-  `user.<user_id>`; the broker copies it to every gateway holding that user, and each gateway
-  hands it to all of that user's local sessions. So every device gets every message, which one
-  shared per-user queue (round-robin between consumers) could not give.
+  user it currently holds. Frames for many users travel as one message whose `BCC` header lists
+  their keys (`routing.py`): the broker puts one copy in each gateway queue bound to any of them,
+  and each gateway hands each frame to its own sessions of those users. So every device gets every
+  message, which one shared per-user queue (round-robin between consumers) could not give.
 """
 
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from .events import (
     SessionClosed,
     SessionOpened,
     SessionRegistered,
+    UserWentOffline,
+    UserWentOnline,
 )
 from .partitions import DEFAULT_PARTITIONS
 
@@ -42,7 +45,7 @@ __all__ = ["OPTIONAL_SUBSCRIPTIONS", "PARTITIONED", "SUBSCRIPTIONS", "Headers", 
 # table when it connects, so an event published before its consumer ever started (a fresh
 # broker, services starting in any order) waits in the queue instead of being dropped.
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
-    "messages": (MessageSent.TYPE, DeliveryAcked.TYPE, ChatReadMarked.TYPE),
+    "messages": (MessageSent.TYPE, ChatReadMarked.TYPE),
     "delivery": (
         ChatCreated.TYPE,
         ChatMemberAdded.TYPE,
@@ -52,6 +55,9 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
         SessionRegistered.TYPE,
         FlushRequested.TYPE,
         MessagesRead.TYPE,
+        # Who counts as online: `message_delivery_info` and the push notifications follow it.
+        UserWentOnline.TYPE,
+        UserWentOffline.TYPE,
     ),
     "presence": (
         SessionOpened.TYPE,
@@ -78,17 +84,13 @@ OPTIONAL_SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
 
 
 class Kind:
-    """Values of the `sb-kind` header: how a gateway treats the frame."""
+    """Values of the `sb-kind` header: what a message on `<ns>.route` holds."""
 
-    # A message or a membership change: held, in arrival order, while the session catches up.
-    LIVE = "live"
+    # Frames for users and sessions, packed (routing.py); `BCC` names their routing keys.
+    BATCH = "batch"
     # A whole page of a queue flush, its frames packed in one body (pages.py), with the headers
     # that end the page.
     FLUSH_PAGE = "flush-page"
-    # An answer to one session.
-    REPLY = "reply"
-    # Presence, receipts: about the present moment, never held behind a catch-up.
-    SIGNAL = "signal"
     # Published to a chat's room key (`typing`): for the sessions of this gateway that joined it.
     ROOM = "room"
     # To a gateway from presence: announce every session again (presence had expired them).
@@ -96,19 +98,16 @@ class Kind:
 
 
 class Headers:
-    """AMQP headers on `<ns>.route` messages; the body is the client frame, ready to send."""
+    """AMQP headers on `<ns>.route` messages."""
 
-    USER = "sb-user"
-    SESSION = "sb-session"
-    EXCEPT_SESSION = "sb-except-session"
-    # "live" frames wait while a session is catching up, "flush-page" is a page of the catch-up
-    # itself, "reply" answers one session and never waits.
     KIND = "sb-kind"
-    MESSAGE_ID = "sb-message-id"
-    # Chat and seq of a message frame: a session catching up drops a held live message that is
-    # older than what its flush already sent for that chat.
+    # On "flush-page": the session it is for.
+    SESSION = "sb-session"
+    # On "room" frames from `typing`: the chat, the typer, and whether they are typing, so each
+    # gateway can expire a typing state whose refreshes stopped (the typer's gateway may be gone).
     CHAT = "sb-chat"
-    SEQ = "sb-seq"
+    USER = "sb-user"
+    TYPING = "sb-typing"
     # On "flush-page": how many messages the page has, and, when more are queued, the position
     # to continue after.
     COUNT = "sb-count"
@@ -120,11 +119,6 @@ class Headers:
     # to, so a late or repeated page is recognised and ignored.
     FLUSH = "sb-flush"
     AFTER = "sb-after"
-    # On a `member_left` frame to the removed user: that user's sessions leave the chat's room.
-    LEFT_CHAT = "sb-left-chat"
-    # On "room" frames from `typing`: whether the user (sb-user) is typing, so each gateway can
-    # expire a typing state whose refreshes stopped (the typer's gateway may be gone).
-    TYPING = "sb-typing"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The broker connection every service shares: one robust connection, one confirming channel."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
+from uuid import uuid4
 
 import aio_pika
 import aiormq
@@ -15,9 +16,10 @@ from aio_pika.abc import (
 )
 from pamqp.commands import Basic
 
+from switchboard_contracts.batches import BATCH_CONTENT_TYPE, EVENT_CONTENT_TYPE, encode_batch
 from switchboard_contracts.events import Envelope
 from switchboard_contracts.partitions import event_routing_key
-from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, SUBSCRIPTIONS, Topology
+from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, SUBSCRIPTIONS, Headers, Kind, Topology
 
 from . import frames
 from .retry import connect_retrying
@@ -163,6 +165,28 @@ class Bus:
             persistent=True,
         )
 
+    async def publish_batch(self, routing_key: str, events: Sequence[bytes]) -> None:
+        """Encoded envelopes of one routing key as one persistent message on `<ns>.events`."""
+        await self.publish(
+            "events",
+            routing_key,
+            encode_batch(events),
+            message_id=uuid4().hex,
+            persistent=True,
+            content_type=BATCH_CONTENT_TYPE,
+        )
+
+    async def publish_route(self, keys: Sequence[str], body: bytes) -> None:
+        """A packed batch of frames (routing.py) to every gateway bound to any of `keys`.
+
+        The first key is the routing key, the others go in `BCC`: the broker routes on all of
+        them, delivers one copy per queue, and strips `BCC` before delivery.
+        """
+        headers: dict[str, Any] = {Headers.KIND: Kind.BATCH}
+        if len(keys) > 1:
+            headers["BCC"] = list(keys[1:])
+        await self.publish("route", keys[0], body, headers=headers)
+
     async def publish(
         self,
         exchange: str,
@@ -173,6 +197,7 @@ class Bus:
         message_id: str | None = None,
         persistent: bool = False,
         mandatory: bool = False,
+        content_type: str = EVENT_CONTENT_TYPE,
     ) -> bool:
         """Publish and wait for the confirm; True when the broker routed it to at least one queue.
 
@@ -183,7 +208,7 @@ class Bus:
             body,
             headers=dict(headers) if headers else None,
             message_id=message_id,
-            content_type="application/json",
+            content_type=content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT
             if persistent
             else aio_pika.DeliveryMode.NOT_PERSISTENT,

@@ -4,14 +4,16 @@ The gateway authenticates the client and passes the verified user id in `X-Switc
 deploy these ports where only gateways reach them.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Header, Request
 
 from switchboard_contracts.models import UserId
 
-__all__ = ["Caller", "Partitions", "Pool"]
+from .uow import UnitsOfWork
+
+__all__ = ["Caller", "Partitions", "Pool", "Units"]
 
 
 def _pool(request: Request) -> asyncpg.Pool:
@@ -26,6 +28,13 @@ def _partitions(request: Request) -> int:
     return partitions
 
 
+def _units(request: Request) -> UnitsOfWork[Any]:
+    # Units of work on the API's pool: what a request writes and emits commits as one.
+    units: UnitsOfWork[Any] = request.app.state.runtime.api_units
+    return units
+
+
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Units = Annotated[UnitsOfWork[Any], Depends(_units)]
 Partitions = Annotated[int, Depends(_partitions)]
 Caller = Annotated[UserId, Header(alias="X-Switchboard-User")]

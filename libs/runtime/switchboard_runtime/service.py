@@ -22,11 +22,12 @@ from switchboard_contracts.events import Event
 
 from .amqp import Bus
 from .consumer import EventConsumer, Handler
-from .db import create_pool, ensure_database
+from .db import Conn, create_pool, ensure_database
 from .logs import configure_logging
 from .migrate import apply_migrations
 from .outbox import OutboxRelay
 from .settings import CommonSettings
+from .uow import UnitsOfWork
 
 __all__ = [
     "Runtime",
@@ -71,6 +72,9 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     # The internal API's own connections (settings.api_pool_size): a bulkhead for the pipeline.
     api_pool: asyncpg.Pool | None = None
+    # Units of work on the pipeline's pool (consumer, timers) and on the API's.
+    units: UnitsOfWork[Any] | None = None
+    api_units: UnitsOfWork[Any] | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def ready(self) -> bool:
@@ -101,10 +105,6 @@ def add_health_routes(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> Non
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-# Pruning runs hourly: the table only needs to stay bounded, not exact.
-PRUNE_INTERVAL_SECONDS = 3600.0
-
-
 def freeze_startup_heap() -> None:
     """Exempt everything alive after start-up (modules, pydantic schemas, routes) from the garbage
     collector's full passes. Those objects live as long as the process, yet each full collection
@@ -115,29 +115,17 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def prune_processed(pool: asyncpg.Pool, retention_hours: float) -> None:
-    """Forget processed event ids older than the retention, so `processed_events` stays bounded."""
-    while True:
-        try:
-            status = await pool.execute(
-                "DELETE FROM processed_events WHERE processed_at < now() - make_interval(secs => $1)",
-                retention_hours * 3600,
-            )
-            log.info("processed events pruned", deleted=status.split()[-1])
-        except Exception:
-            log.exception("pruning processed events failed; next try in an hour")
-        await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
-
-
 @asynccontextmanager
 async def event_service(
     service: str,
     settings: CommonSettings,
     handlers: Mapping[type[Event], Handler],
+    store: Callable[[Conn], Any],
     *,
-    extra: Callable[[asyncpg.Pool], Mapping[str, Coroutine[Any, Any, None]]] | None = None,
+    extra: Callable[[Runtime], Mapping[str, Coroutine[Any, Any, None]]] | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Bus, pool, outbox relay and consumer for a service that handles events in PostgreSQL."""
+    """Bus, pools, units of work, outbox relay and consumer for a service that handles events in
+    PostgreSQL. `store` binds the service's SQL to a transaction's connection."""
     configure_logging(service, settings.log_level)
     bus = Bus(settings.amqp_url, settings.topology(), source=service)
     await bus.connect()
@@ -145,20 +133,26 @@ async def event_service(
     api_pool = await create_pool(
         settings.database_url, schema=service, min_size=1, max_size=settings.api_pool_size
     )
-    runtime = Runtime(bus=bus, pool=pool, api_pool=api_pool)
-    consumer = EventConsumer(
-        service=service,
+    relay = OutboxRelay(pool, bus)
+    units = UnitsOfWork(pool, store, bus, relay, source=service)
+    runtime = Runtime(
         bus=bus,
         pool=pool,
+        api_pool=api_pool,
+        units=units,
+        api_units=UnitsOfWork(api_pool, store, bus, relay, source=service),
+    )
+    consumer = EventConsumer(
+        service=service,
+        units=units,
         handlers=handlers,
         prefetch=settings.prefetch,
         batch_size=settings.batch_size,
     )
     await consumer.declare()
-    spawn(OutboxRelay(pool, bus).run(), runtime.tasks, "outbox-relay")
-    spawn(prune_processed(pool, settings.processed_retention_hours), runtime.tasks, "prune-processed")
+    spawn(relay.run(), runtime.tasks, "outbox-relay")
     spawn(consumer.run(), runtime.tasks, "consumer")
-    for name, coro in (extra(pool) if extra else {}).items():
+    for name, coro in (extra(runtime) if extra else {}).items():
         spawn(coro, runtime.tasks, name)
     freeze_startup_heap()
     log.info(
@@ -184,9 +178,10 @@ def event_app(
     service: str,
     settings: CommonSettings,
     handlers: Mapping[type[Event], Handler],
+    store: Callable[[Conn], Any],
     *,
     title: str,
-    extra: Callable[[asyncpg.Pool], Mapping[str, Coroutine[Any, Any, None]]] | None = None,
+    extra: Callable[[Runtime], Mapping[str, Coroutine[Any, Any, None]]] | None = None,
     setup: Callable[[], AbstractAsyncContextManager[object]] | None = None,
 ) -> FastAPI:
     """The HTTP face of an event service (health, metrics), its lifespan running `event_service`.
@@ -199,7 +194,7 @@ def event_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with (
             setup() if setup else nullcontext(),
-            event_service(service, settings, handlers, extra=extra) as runtime,
+            event_service(service, settings, handlers, store, extra=extra) as runtime,
         ):
             app.state.runtime = runtime
             yield

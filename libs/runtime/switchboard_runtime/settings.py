@@ -34,9 +34,6 @@ class CommonSettings(BaseSettings):
     # at once, or a flood of them) then waits for its own connections and never holds up the
     # consumer and the outbox relay. Six: each call is one short query.
     api_pool_size: int = Field(6, ge=1, le=100)
-    # How long an event id is remembered as processed. A redelivery comes within seconds or, after
-    # an outage, hours; a week is far past both, and keeps the table from growing forever.
-    processed_retention_hours: float = Field(168.0, gt=0)
 
     def topology(self) -> Topology:
         return Topology(self.namespace, self.partitions)

@@ -1,18 +1,20 @@
 """Wiring of the delivery service: membership projection, pending deliveries, routing to users,
-notification events, and (when configured) the webhook that posts them."""
+receipts, notification events, and (when configured) the webhook that posts them."""
 
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI
 
-from switchboard_runtime.service import event_app, run_cli
+from switchboard_runtime.http_errors import install_error_handlers
+from switchboard_runtime.service import Runtime, event_app, run_cli
 
+from .api import router
 from .domain import FlushPage
 from .handlers import handlers_for
 from .settings import Settings
+from .store import Store
 from .webhook import Webhook
 
 __all__ = ["create_app", "main"]
@@ -27,16 +29,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         FlushPage(settings.flush_page_messages, settings.flush_page_bytes),
         preview_chars=settings.notification_preview_chars,
     )
+    title = "Switchboard delivery (internal)"
     if settings.webhook_url is None:
-        return event_app(SERVICE, settings, handlers, title="Switchboard delivery")
-    webhook = Webhook(str(settings.webhook_url), settings)
+        app = event_app(SERVICE, settings, handlers, Store, title=title)
+    else:
+        webhook = Webhook(str(settings.webhook_url), settings)
 
-    def extra(_: asyncpg.Pool) -> Mapping[str, Coroutine[Any, Any, None]]:
-        return {"webhook": webhook.run()}
+        def extra(_: Runtime) -> Mapping[str, Coroutine[Any, Any, None]]:
+            return {"webhook": webhook.run()}
 
-    return event_app(
-        SERVICE, settings, handlers, title="Switchboard delivery", extra=extra, setup=webhook.declared
-    )
+        app = event_app(SERVICE, settings, handlers, Store, title=title, extra=extra, setup=webhook.declared)
+    app.include_router(router)
+    install_error_handlers(app)
+    return app
 
 
 def main() -> None:

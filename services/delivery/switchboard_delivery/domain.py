@@ -1,11 +1,14 @@
 """Pure rules of the delivery service."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 from uuid import UUID
 
 __all__ = [
     "FlushPage",
+    "StatusUpdate",
+    "status_frame",
     "advance_cursor",
     "decode_cursor",
     "encode_cursor",
@@ -88,3 +91,42 @@ def advance_cursor(cursor: list[int], rows: Iterable[tuple[int, int]]) -> list[i
 
 def encode_cursor(cursor: list[int]) -> str:
     return ",".join(str(position) for position in cursor)
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A message's receipts moved: who moved, and its totals after."""
+
+    message_id: UUID
+    chat_id: UUID
+    sender_id: str
+    # The recipients whose status moved in this batch, in the order they did.
+    users: Sequence[str]
+    delivered: int
+    read: int
+    total: int
+
+
+def status_frame(
+    update: StatusUpdate, status: Literal["delivered", "read"], up_to_seq: int | None = None
+) -> dict[str, object]:
+    """The data of the `message_status` the sender gets: one per message and batch, however many
+    recipients moved in it (`user_ids`; `user_id` is the last of them), with the totals.
+
+    `read` names the sender's newest message the reader read, and `up_to_seq`: a client marks
+    every one of its messages up to it read, and a sender never gets hundreds of frames for one
+    `mark_read`.
+    """
+    data: dict[str, object] = {
+        "message_id": str(update.message_id),
+        "chat_id": str(update.chat_id),
+        "user_id": update.users[-1],
+        "user_ids": list(update.users),
+        "status": status,
+        "delivered_count": update.delivered,
+        "read_count": update.read,
+        "total": update.total,
+    }
+    if up_to_seq is not None:
+        data["up_to_seq"] = up_to_seq
+    return data

@@ -1,11 +1,19 @@
-"""Event handlers of the delivery service, routed by `HANDLERS`."""
+"""Event handlers of the delivery service, routed by `handlers_for`.
 
-import asyncio
+Each takes every event of its type in a run of the batch and sees only its store and outbox.
+Whatever frames a batch produces for clients leave after commit as one broker message
+(routing.py): every `new_message`, the senders' `message_sent` and `message_delivery_info`,
+receipts, membership frames. Every handler is idempotent by what it writes (a message is queued
+once, a delivery acknowledged once, a read marker only moves forward), so a redelivered batch
+changes nothing twice and only sends its frames again.
+"""
+
 import functools
-from collections.abc import Sequence
+from collections import defaultdict
 from typing import Literal
+from uuid import UUID
 
-import asyncpg
+from pydantic_core import from_json
 
 from switchboard_contracts.events import (
     ChatCreated,
@@ -18,195 +26,261 @@ from switchboard_contracts.events import (
     MessageStored,
     NotificationCancelled,
     NotificationRequested,
-    Origin,
     SessionRegistered,
+    UserWentOffline,
+    UserWentOnline,
 )
-from switchboard_contracts.models import MessageOut
 from switchboard_contracts.pages import PageEntry, pack_page
 from switchboard_contracts.partitions import partition_of
+from switchboard_contracts.routing import Live, Reply, Signal
 from switchboard_contracts.topology import Headers, Kind, Topology
-from switchboard_contracts.wire import encode_frame, new_message_frame
-from switchboard_runtime.amqp import Bus
-from switchboard_runtime.consumer import Handler, HandlerContext
-from switchboard_runtime.outbox import OutboxWriter
+from switchboard_contracts.wire import encode_frame
+from switchboard_runtime.consumer import Handler
+from switchboard_runtime.uow import Outbox, UnitOfWork
 
-from . import store
 from .domain import (
     FlushPage,
+    StatusUpdate,
     advance_cursor,
     decode_cursor,
     delivery_info,
     encode_cursor,
     member_frame_recipients,
     preview,
-    recipients_of,
+    status_frame,
 )
+from .store import Cancelled, Status, Store, ToQueue
 
 __all__ = ["handlers_for"]
 
+Uow = UnitOfWork[Store]
 
-async def on_chat_created(event: ChatCreated, ctx: HandlerContext) -> None:
-    await store.add_members(ctx.conn, event.chat_id, event.members)
-
-
-async def on_member_added(event: ChatMemberAdded, ctx: HandlerContext) -> None:
-    # A repeat must not add again: the member may have been removed by a later event since.
-    if not ctx.duplicate:
-        await store.add_members(ctx.conn, event.chat_id, [event.user_id])
-    members = await store.members(ctx.conn, event.chat_id)
-    _announce_member_change(ctx, "member_joined", event, members)
+# Notifications asked for at once when a user goes offline with messages still unacknowledged
+# (they were online when those were routed). A push service shows a handful per chat; the
+# newest hundred are more than any lock screen holds.
+NOTIFY_WHEN_OFFLINE = 100
 
 
-async def on_member_removed(event: ChatMemberRemoved, ctx: HandlerContext) -> None:
-    # Read before removing: the removed member hears of it too.
-    members = await store.members(ctx.conn, event.chat_id)
-    if not ctx.duplicate:
-        await store.remove_member(ctx.conn, event.chat_id, event.user_id)
-    _announce_member_change(ctx, "member_left", event, members)
+# Membership.
 
 
-def _announce_member_change(
-    ctx: HandlerContext, name: str, event: ChatMemberAdded | ChatMemberRemoved, members: list[str]
+async def on_chats_created(events: list[ChatCreated], uow: Uow) -> None:
+    for event in events:
+        await uow.store.add_members(event.chat_id, event.members)
+
+
+async def on_members_added(events: list[ChatMemberAdded], uow: Uow) -> None:
+    for event in events:
+        await uow.store.add_members(event.chat_id, [event.user_id], event.joined_seq)
+        members = await uow.store.members(event.chat_id)
+        _announce(uow.outbox, "member_joined", event, members)
+
+
+async def on_members_removed(events: list[ChatMemberRemoved], uow: Uow) -> None:
+    for event in events:
+        # The members before the removal: the removed member hears of it too.
+        members = await uow.store.remove_member(event.chat_id, event.user_id)
+        _announce(uow.outbox, "member_left", event, members)
+
+
+def _announce(
+    outbox: Outbox, name: str, event: ChatMemberAdded | ChatMemberRemoved, members: list[str]
 ) -> None:
-    """`member_joined` / `member_left` to every member's personal route, after commit.
+    """`member_joined` / `member_left` to every member's personal route.
 
-    Kind "live": a session catching up holds it in order with the messages, so "member_left,
-    then no more messages from that chat" arrives in that order.
+    Live: a session catching up holds it in order with the messages, so "member_left, then no
+    more messages from that chat" arrives in that order.
     """
     frame = encode_frame(name, {"chat_id": str(event.chat_id), "user_id": event.user_id, "by": event.by})
-    left = isinstance(event, ChatMemberRemoved)
-
-    def headers(user: str) -> dict[str, object]:
-        base: dict[str, object] = {Headers.USER: user, Headers.KIND: Kind.LIVE}
-        if left and user == event.user_id:
-            # The gateway takes that user's sessions out of the chat's typing room.
-            base[Headers.LEFT_CHAT] = str(event.chat_id)
-        return base
-
-    async def send() -> None:
-        await asyncio.gather(
-            *(
-                ctx.bus.publish("route", Topology.user_key(user), frame, headers=headers(user))
-                for user in member_frame_recipients(members, event.user_id)
-            )
-        )
-
-    ctx.after_commit.append(send)
-
-
-async def on_message_stored(event: MessageStored, ctx: HandlerContext, *, preview_chars: int) -> None:
-    message = event.message
-    frame = new_message_frame(message)
-    if not ctx.duplicate:
-        part = partition_of(str(message.chat_id), ctx.bus.topology.partitions)
-        recipients = pending = await store.queue_message(ctx.conn, message, frame, part)
+    users = member_frame_recipients(members, event.user_id)
+    if isinstance(event, ChatMemberRemoved):
+        others = tuple(user for user in users if user != event.user_id)
+        if others:
+            outbox.route(Live(frame, others))
+        # The removed user's gateway takes their sessions out of the chat's typing room.
+        outbox.route(Live(frame, (event.user_id,), left_chat=str(event.chat_id)))
     else:
-        # A redelivery: only those who have not acknowledged yet get it again.
-        recipients = recipients_of(await store.members(ctx.conn, message.chat_id), message.sender_id)
-        pending = await store.still_pending(ctx.conn, message.id)
-    acked = len(recipients) - len(pending)
-
-    async def route() -> None:
-        offline = await _route_live(ctx.bus, message, event.origin, frame, pending)
-        info = encode_frame(
-            "message_delivery_info",
-            delivery_info(message.id, len(recipients), len(pending) - len(offline) + acked),
-        )
-        await _reply(ctx.bus, event.origin, info)
-        if offline:
-            # Only now is it known who no gateway holds; the transaction of the handler is over.
-            await _request_notifications(ctx.pool, ctx.outbox.fresh(), message, offline, preview_chars)
-
-    ctx.after_commit.append(route)
+        outbox.route(Live(frame, tuple(users)))
 
 
-async def _request_notifications(
-    pool: asyncpg.Pool, outbox: OutboxWriter, message: MessageOut, offline: Sequence[str], preview_chars: int
-) -> None:
-    """One NotificationRequested per (message, recipient), however often this runs."""
-    async with pool.acquire() as conn, conn.transaction():
-        for user in await store.request_notifications(conn, message, offline):
-            outbox.emit(
-                NotificationRequested(
-                    recipient_id=user,
-                    chat_id=message.chat_id,
-                    message_id=message.id,
-                    seq=message.seq,
-                    sender_id=message.sender_id,
-                    preview=preview(message.content, preview_chars),
+async def on_users_online(events: list[UserWentOnline], uow: Uow) -> None:
+    await uow.store.set_online([event.user_id for event in events], [])
+
+
+async def on_users_offline(events: list[UserWentOffline], uow: Uow, *, preview_chars: int) -> None:
+    """Offline now (presence's grace period is over): what is still unacknowledged was routed
+    while they were online, and had no notification; now it needs one."""
+    await uow.store.set_online([], [event.user_id for event in events])
+    for event in events:
+        missed = await uow.store.unnotified(event.user_id, NOTIFY_WHEN_OFFLINE)
+        requests = [(m.message_id, m.chat_id, m.seq, m.user_id) for m in missed]
+        recorded = set(await uow.store.request_notifications(requests))
+        for m in missed:
+            if (m.message_id, m.user_id) in recorded:
+                # The text is in the frame kept for the catch-up (read only when a preview is on).
+                content = from_json(m.frame)["data"]["content"] if preview_chars else ""
+                uow.outbox.emit(
+                    NotificationRequested(
+                        recipient_id=m.user_id,
+                        chat_id=m.chat_id,
+                        message_id=m.message_id,
+                        seq=m.seq,
+                        sender_id=m.sender_id,
+                        preview=preview(content, preview_chars),
+                    )
                 )
+
+
+# Messages.
+
+
+async def on_messages_stored(events: list[MessageStored], uow: Uow, *, preview_chars: int) -> None:
+    """Queue each message for its recipients and route it: one `new_message` frame for all of
+    them (and the sender's other devices), the sender's `message_sent` and
+    `message_delivery_info`, all in the batch's one broker message. Recipients no presence
+    counts online get a push notification."""
+    store, outbox = uow.store, uow.outbox
+    frames: list[tuple[MessageStored, dict[str, object], bytes]] = []
+    for event in events:
+        body = event.message.model_dump(mode="json")
+        frames.append((event, body, encode_frame("new_message", body)))
+    partitions = outbox.partitions
+    queued = await store.queue_messages(
+        [
+            ToQueue(
+                event.message.id,
+                event.message.chat_id,
+                event.message.seq,
+                event.message.sender_id,
+                frame,
+                partition_of(str(event.message.chat_id), partitions),
             )
-        await outbox.flush(conn)
+            for event, _, frame in frames
+        ]
+    )
+    notify: list[tuple[MessageStored, str]] = []
+    for (event, body, frame), q in zip(frames, queued, strict=True):
+        message, origin = event.message, event.origin
+        ids = (str(message.id), str(message.chat_id), message.seq)
+        if q.pending:
+            outbox.route(Live(frame, tuple(q.pending), *ids))
+        # The sender's other devices see their own message too; the sending session does not.
+        outbox.route(Live(frame, (message.sender_id,), *ids, except_session=origin.session_id))
+        sent = encode_frame("message_sent", {"tempId": event.temp_id, "message": body})
+        outbox.route(Reply(sent, origin.gateway_id, origin.session_id))
+        online = set(q.online)
+        # Delivered: acknowledged already (a repeat), or held by a gateway now.
+        delivered = len(q.recipients) - len(q.pending) + sum(1 for user in q.pending if user in online)
+        info = encode_frame("message_delivery_info", delivery_info(message.id, len(q.recipients), delivered))
+        outbox.route(Reply(info, origin.gateway_id, origin.session_id))
+        if q.fresh:
+            notify += [(event, user) for user in q.pending if user not in online]
+    if notify:
+        requests = [(e.message.id, e.message.chat_id, e.message.seq, user) for e, user in notify]
+        recorded = set(await store.request_notifications(requests))
+        for event, user in notify:
+            if (event.message.id, user) in recorded:
+                outbox.emit(
+                    NotificationRequested(
+                        recipient_id=user,
+                        chat_id=event.message.chat_id,
+                        message_id=event.message.id,
+                        seq=event.message.seq,
+                        sender_id=event.message.sender_id,
+                        preview=preview(event.message.content, preview_chars),
+                    )
+                )
 
 
-async def _route_live(
-    bus: Bus, message: MessageOut, origin: Origin, frame: bytes, recipients: list[str]
-) -> list[str]:
-    """Publish to each recipient's personal route; returns those no gateway holds (offline)."""
-    headers = {
-        Headers.KIND: Kind.LIVE,
-        Headers.MESSAGE_ID: str(message.id),
-        Headers.CHAT: str(message.chat_id),
-        Headers.SEQ: message.seq,
-    }
-    publishes = [
-        bus.publish(
-            "route", Topology.user_key(user), frame, headers={**headers, Headers.USER: user}, mandatory=True
-        )
-        for user in recipients
-    ]
-    # The sender's other devices see their own message too; the sending session does not.
-    own = {**headers, Headers.USER: message.sender_id, Headers.EXCEPT_SESSION: origin.session_id}
-    publishes.append(bus.publish("route", Topology.user_key(message.sender_id), frame, headers=own))
-    results = await asyncio.gather(*publishes)
-    return [user for user, routed in zip(recipients, results[:-1], strict=True) if not routed]
+# Acknowledgements and reads: the receipts.
 
 
-async def _reply(bus: Bus, origin: Origin, frame: bytes) -> None:
-    headers = {Headers.SESSION: origin.session_id, Headers.KIND: Kind.REPLY}
-    await bus.publish("route", Topology.gateway_key(origin.gateway_id), frame, headers=headers)
+async def on_deliveries_acked(events: list[DeliveryAcked], uow: Uow) -> None:
+    """Drop the acknowledged deliveries; each sender gets one `message_status` per message of
+    theirs that moved, with its totals, however many recipients acknowledged it in this batch."""
+    store = uow.store
+    acked = await store.acknowledge([(event.user_id, m) for event in events for m in event.message_ids])
+    if not acked:
+        return
+    moved: dict[UUID, list[str]] = defaultdict(list)
+    for ack in acked:
+        moved[ack.message_id].append(ack.user_id)
+    for status in await store.statuses(list(moved)):
+        _tell_sender(uow.outbox, status, moved[status.message_id], "delivered")
+    _cancel(uow.outbox, await store.cancel_delivered(acked), "delivered")
 
 
-async def on_delivery_acked(event: DeliveryAcked, ctx: HandlerContext) -> None:
-    for cancelled in await store.acknowledge(ctx.conn, event.user_id, event.message_ids):
-        _cancel_notification(ctx, event.user_id, cancelled, "delivered")
+async def on_messages_read(events: list[MessagesRead], uow: Uow) -> None:
+    """The reader's marker moves (messages checked it); each sender concerned hears once."""
+    store = uow.store
+    for event in events:
+        marked = await store.mark_read(event.chat_id, event.user_id, event.up_to_seq)
+        if marked is not None:
+            before, after = marked
+            for status in await store.newest_read(event.chat_id, event.user_id, before, after):
+                _tell_sender(uow.outbox, status, [event.user_id], "read", after)
+        _cancel(uow.outbox, await store.cancel_read(event.chat_id, event.user_id, event.up_to_seq), "read")
 
 
-async def on_messages_read(event: MessagesRead, ctx: HandlerContext) -> None:
-    for cancelled in await store.mark_read(ctx.conn, event.chat_id, event.user_id, event.up_to_seq):
-        _cancel_notification(ctx, event.user_id, cancelled, "read")
-
-
-def _cancel_notification(
-    ctx: HandlerContext, user_id: str, cancelled: store.Cancelled, reason: Literal["delivered", "read"]
+def _tell_sender(
+    outbox: Outbox,
+    status: Status,
+    users: list[str],
+    kind: Literal["delivered", "read"],
+    up_to_seq: int | None = None,
 ) -> None:
-    ctx.outbox.emit(
-        NotificationCancelled(
-            recipient_id=user_id, chat_id=cancelled.chat_id, message_id=cancelled.message_id, reason=reason
+    if not status.sender_is_member:
+        return
+    update = StatusUpdate(
+        status.message_id,
+        status.chat_id,
+        status.sender_id,
+        users,
+        status.delivered,
+        status.read,
+        status.total,
+    )
+    outbox.route(
+        Signal(encode_frame("message_status", status_frame(update, kind, up_to_seq)), (status.sender_id,))
+    )
+
+
+def _cancel(outbox: Outbox, cancelled: list[Cancelled], reason: Literal["delivered", "read"]) -> None:
+    for c in cancelled:
+        outbox.emit(
+            NotificationCancelled(
+                recipient_id=c.user_id, chat_id=c.chat_id, message_id=c.message_id, reason=reason
+            )
         )
-    )
 
 
-async def on_session_registered(event: SessionRegistered, ctx: HandlerContext, *, limits: FlushPage) -> None:
+# Catch-up.
+
+
+async def on_sessions_registered(events: list[SessionRegistered], uow: Uow, *, limits: FlushPage) -> None:
     """A session opened: send it what its user has not acknowledged, first page."""
-    await _flush_page(ctx, limits, event.user_id, event.session_id, event.gateway_id, event.flush_id, 0, "")
+    for event in events:
+        await _flush_page(
+            uow, limits, event.user_id, event.session_id, event.gateway_id, event.flush_id, 0, ""
+        )
 
 
-async def on_flush_requested(event: FlushRequested, ctx: HandlerContext, *, limits: FlushPage) -> None:
-    await _flush_page(
-        ctx,
-        limits,
-        event.user_id,
-        event.session_id,
-        event.gateway_id,
-        event.flush_id,
-        event.after_position,
-        event.after_cursor,
-    )
+async def on_flushes_requested(events: list[FlushRequested], uow: Uow, *, limits: FlushPage) -> None:
+    for event in events:
+        await _flush_page(
+            uow,
+            limits,
+            event.user_id,
+            event.session_id,
+            event.gateway_id,
+            event.flush_id,
+            event.after_position,
+            event.after_cursor,
+        )
 
 
 async def _flush_page(
-    ctx: HandlerContext,
+    uow: Uow,
     limits: FlushPage,
     user_id: str,
     session_id: str,
@@ -216,12 +290,12 @@ async def _flush_page(
     after_cursor: str,
 ) -> None:
     """One page of the flush, in order, as one broker message that says whether more is queued."""
-    cursor = decode_cursor(after_cursor, after_position, ctx.bus.topology.partitions)
-    page = await store.backlog_page(ctx.conn, user_id, cursor, limits.messages, limits.bytes)
-    key = Topology.gateway_key(gateway_id)
+    partitions = uow.outbox.partitions
+    cursor = decode_cursor(after_cursor, after_position, partitions)
+    page = await uow.store.backlog_page(user_id, cursor, limits.messages, limits.bytes)
     headers: dict[str, object] = {
-        Headers.SESSION: session_id,
         Headers.KIND: Kind.FLUSH_PAGE,
+        Headers.SESSION: session_id,
         Headers.FLUSH: flush_id,
         Headers.AFTER: after_position,
         Headers.COUNT: len(page.rows),
@@ -232,21 +306,19 @@ async def _flush_page(
             advance_cursor(cursor, ((r.part, r.position) for r in page.rows))
         )
     body = pack_page([PageEntry(str(r.message_id), str(r.chat_id), r.seq, r.frame) for r in page.rows])
-
-    async def flush() -> None:
-        await ctx.bus.publish("route", key, body, headers=headers)
-
-    ctx.after_commit.append(flush)
+    uow.outbox.publish(Topology.gateway_key(gateway_id), body, headers)
 
 
 def handlers_for(limits: FlushPage, *, preview_chars: int = 0) -> dict[type[Event], Handler]:
     return {
-        ChatCreated: on_chat_created,
-        ChatMemberAdded: on_member_added,
-        ChatMemberRemoved: on_member_removed,
-        MessageStored: functools.partial(on_message_stored, preview_chars=preview_chars),
-        DeliveryAcked: on_delivery_acked,
+        ChatCreated: on_chats_created,
+        ChatMemberAdded: on_members_added,
+        ChatMemberRemoved: on_members_removed,
+        MessageStored: functools.partial(on_messages_stored, preview_chars=preview_chars),
+        DeliveryAcked: on_deliveries_acked,
         MessagesRead: on_messages_read,
-        SessionRegistered: functools.partial(on_session_registered, limits=limits),
-        FlushRequested: functools.partial(on_flush_requested, limits=limits),
+        SessionRegistered: functools.partial(on_sessions_registered, limits=limits),
+        FlushRequested: functools.partial(on_flushes_requested, limits=limits),
+        UserWentOnline: on_users_online,
+        UserWentOffline: functools.partial(on_users_offline, preview_chars=preview_chars),
     }

@@ -4,20 +4,25 @@ Runs in the delivery process when `CHAT_WEBHOOK_URL` is set. It consumes its own
 (`<ns>.webhook`, bound to NotificationRequested and NotificationCancelled) and POSTs each
 envelope as it is, with `Idempotency-Key: <envelope id>`: delivery is at least once (a crash
 before the ack posts again), and the receiver de-duplicates on that key. Events are posted one
-at a time, in queue order, so a cancellation never overtakes the request it cancels.
+at a time, in queue order (those of a batch in their order), so a cancellation never overtakes
+the request it cancels.
 """
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import aiormq.exceptions
 import httpx
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from pydantic_core import to_json
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+from switchboard_contracts.batches import EVENT_CONTENT_TYPE, decode_events
 from switchboard_contracts.events import Envelope
 from switchboard_runtime.amqp import Bus, declare_service_queues
+from switchboard_runtime.consumer import DeathHeaders
 
 from .domain import webhook_retries
 from .settings import Settings
@@ -80,13 +85,49 @@ class Webhook:
 
     async def _forward(self, http: httpx.AsyncClient, message: AbstractIncomingMessage) -> None:
         try:
-            envelope = Envelope.model_validate_json(message.body)
-            await self._post(http, message.body, envelope)
-        except Exception:
-            log.exception("webhook gave up; event dead-lettered", routing_key=message.routing_key)
+            events = decode_events(message.body, message.content_type)
+        except ValueError:
+            log.exception("unreadable webhook message dead-lettered", routing_key=message.routing_key)
             await _settle(message, ok=False)
             return
-        await _settle(message, ok=True)
+        failed = []
+        for raw in events:
+            body = to_json(raw)
+            try:
+                await self._post(http, body, Envelope.model_validate(raw))
+            except Exception as exc:
+                log.exception("webhook gave up; event dead-lettered", routing_key=message.routing_key)
+                failed.append((body, raw, exc))
+        if failed and len(failed) == len(events):
+            await _settle(message, ok=False)
+        elif failed and not await self._dead_letter(failed):
+            await _requeue(message)
+        else:
+            await _settle(message, ok=True)
+
+    async def _dead_letter(self, failed: list[tuple[bytes, object, Exception]]) -> bool:
+        """The events of a batch that gave up, each alone to `<ns>.webhook.dead`; False if the
+        broker did not take them (the batch is then posted again, the receiver de-duplicating)."""
+        try:
+            for body, raw, exc in failed:
+                await self.bus.publish(
+                    "dead-letter",
+                    QUEUE,
+                    body,
+                    headers={
+                        DeathHeaders.REASON: "rejected",
+                        DeathHeaders.QUEUE: self.bus.topology.service_queue(QUEUE),
+                        DeathHeaders.TIME: datetime.now(UTC).isoformat(),
+                        DeathHeaders.ERROR: repr(exc)[:500],
+                    },
+                    message_id=str(raw.get("id")) if isinstance(raw, dict) else None,
+                    persistent=True,
+                    content_type=EVENT_CONTENT_TYPE,
+                )
+        except Exception:
+            log.exception("dead-lettering a webhook event failed; its batch goes back to the queue")
+            return False
+        return True
 
     async def _post(self, http: httpx.AsyncClient, body: bytes, envelope: Envelope) -> None:
         headers = {"content-type": "application/json", "Idempotency-Key": str(envelope.id)}
@@ -104,6 +145,13 @@ class Webhook:
         ):
             with attempt:
                 (await http.post(self.url, content=body, headers=headers)).raise_for_status()
+
+
+async def _requeue(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.nack(requeue=True)
+    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+        log.warning("channel closed before requeueing a webhook batch; the broker redelivers it")
 
 
 async def _settle(message: AbstractIncomingMessage, *, ok: bool) -> None:

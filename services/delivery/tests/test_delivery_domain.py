@@ -3,6 +3,7 @@ from uuid import uuid4
 import pytest
 
 from switchboard_delivery.domain import (
+    StatusUpdate,
     advance_cursor,
     decode_cursor,
     delivery_info,
@@ -10,6 +11,7 @@ from switchboard_delivery.domain import (
     member_frame_recipients,
     preview,
     recipients_of,
+    status_frame,
     webhook_retries,
 )
 
@@ -76,3 +78,16 @@ def test_a_catch_up_cursor_moves_each_partition_to_the_last_row_it_sent() -> Non
     # A partition number past the count (from a larger count before) shares the last entry.
     assert advance_cursor(cursor, [(7, 20), (2, 14)]) == [13, 11, 14, 20]
     assert decode_cursor(encode_cursor(cursor), 13, 3) == cursor
+
+
+def test_a_status_names_every_recipient_that_moved_and_the_last_as_user_id() -> None:
+    update = StatusUpdate(uuid4(), uuid4(), "ann", ["bob", "cy"], delivered=2, read=0, total=3)
+    data = status_frame(update, "delivered")
+    assert (data["user_id"], data["user_ids"], data["status"]) == ("cy", ["bob", "cy"], "delivered")
+    assert (data["delivered_count"], data["read_count"], data["total"]) == (2, 0, 3)
+    assert "up_to_seq" not in data
+
+
+def test_a_read_status_says_up_to_where() -> None:
+    update = StatusUpdate(uuid4(), uuid4(), "ann", ["bob"], delivered=1, read=1, total=1)
+    assert status_frame(update, "read", up_to_seq=7)["up_to_seq"] == 7

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from switchboard_contracts.events import GatewayHeartbeat
 from switchboard_contracts.topology import Topology
 from switchboard_runtime.amqp import Bus
+from switchboard_runtime.batcher import EventBatcher
 from switchboard_runtime.http_errors import install_error_handlers
 from switchboard_runtime.logs import configure_logging
 from switchboard_runtime.service import (
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
         async with (
             httpx.AsyncClient(base_url=settings.messages_url, timeout=10.0) as messages_client,
             httpx.AsyncClient(base_url=settings.presence_url, timeout=10.0) as presence_client,
+            httpx.AsyncClient(base_url=settings.delivery_url, timeout=10.0) as delivery_client,
         ):
             await bus.connect()
             channel = await bus.connection.channel()
@@ -115,8 +117,9 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
                 return await bus.publish("route", key, frame, headers=headers)
 
             rooms = Rooms(queue, topology, publish_route, settings.typing_ttl_seconds)
-            gateway = Gateway(gateway_id, settings, bus, registry, verifier, rooms, messages_client)
-            await queue.consume(RouteConsumer(registry, rooms, gateway.resync))
+            events = EventBatcher(bus, source=f"gateway/{gateway_id}")
+            gateway = Gateway(gateway_id, settings, bus, events, registry, verifier, rooms, messages_client)
+            await queue.consume(RouteConsumer(gateway_id, registry, rooms, gateway.resync))
             bus.connection.reconnect_callbacks.add(gateway.resync)
             runtime = Runtime(bus=bus)
             spawn(heartbeat(gateway), runtime.tasks, "heartbeat")
@@ -125,11 +128,13 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
             app.state.runtime = runtime
             app.state.messages_client = messages_client
             app.state.presence_client = presence_client
+            app.state.delivery_client = delivery_client
             log.info("gateway started", gateway_id=gateway_id, namespace=settings.namespace)
             try:
                 yield
             finally:
                 await cancel_all(runtime.tasks)
+                await events.close()
                 await bus.close()
                 log.info("gateway stopped", gateway_id=gateway_id)
 

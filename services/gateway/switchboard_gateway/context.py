@@ -6,8 +6,9 @@ from dataclasses import dataclass
 import httpx
 import structlog
 
-from switchboard_contracts.events import Envelope, Event, FlushRequested, Origin, SessionOpened
+from switchboard_contracts.events import Event, FlushRequested, Origin, SessionOpened
 from switchboard_runtime.amqp import Bus
+from switchboard_runtime.batcher import EventBatcher
 
 from .auth import Verifier
 from .registry import Registry
@@ -25,6 +26,9 @@ class Gateway:
     id: str
     settings: Settings
     bus: Bus
+    # Every event this gateway publishes goes through it: one publish per routing key in flight,
+    # the events of all sessions gathered meanwhile in the next.
+    events: EventBatcher
     registry: Registry
     verifier: Verifier
     rooms: Rooms
@@ -82,4 +86,5 @@ class Gateway:
             session.drop("flush_request_failed")
 
     async def publish(self, event: Event) -> None:
-        await self.bus.publish_event(Envelope.wrap(event, source=f"gateway/{self.id}"))
+        """Publish and wait for the broker's confirm of the batch it went out in."""
+        await self.events.emit(event)

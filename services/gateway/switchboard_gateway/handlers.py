@@ -84,15 +84,16 @@ async def on_send_message(gateway: Gateway, session: Session, data: Any) -> None
         reply_to=command.reply_to,
         origin=gateway.origin(session),
     )
-    try:
-        await gateway.publish(event)
-    except Exception:
-        log.exception("publishing MessageSent failed", session_id=session.id)
+    temp_id = command.temp_id
+
+    def refused(_: BaseException) -> None:
         session.push(
-            message_error_frame(
-                command.temp_id, ErrorCode.INTERNAL, "not accepted; send again with the same tempId"
-            )
+            message_error_frame(temp_id, ErrorCode.INTERNAL, "not accepted; send again with the same tempId")
         )
+
+    # Not awaited: the session reads its next frame while the send's batch is in flight, and
+    # sends keep their order (one routing key per chat, one publish in flight per key).
+    gateway.events.emit_logged(event, on_error=refused)
 
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -115,7 +116,9 @@ async def on_message_received(gateway: Gateway, session: Session, data: Any) -> 
     # pending and comes again in the next catch-up, to be acknowledged there.
     received = session.sent_of(ack.message_ids)
     if received:
-        await gateway.publish(
+        # Not awaited: an acknowledgement lost with the broker leaves its messages pending, and
+        # they come again in the next catch-up.
+        gateway.events.emit_logged(
             DeliveryAcked(
                 user_id=session.user_id, session_id=session.id, message_ids=[UUID(i) for i in received]
             )
@@ -126,10 +129,15 @@ async def on_mark_read(gateway: Gateway, session: Session, data: Any) -> None:
     """Messages checks membership and answers `read_marked` (or an error) to the reader."""
     if (mark := _parse(session, "mark_read", MarkRead, data)) is None:
         return
-    await gateway.publish(
+
+    def failed(_: BaseException) -> None:
+        session.push(error_frame(ErrorCode.INTERNAL, "mark_read failed; it may be retried"))
+
+    gateway.events.emit_logged(
         ChatReadMarked(
             chat_id=mark.chat_id, user_id=session.user_id, seq=mark.seq, origin=gateway.origin(session)
-        )
+        ),
+        on_error=failed,
     )
 
 

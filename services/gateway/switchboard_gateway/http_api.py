@@ -20,7 +20,9 @@ from switchboard_contracts.models import (
     CreateChat,
     ErrorBody,
     HistoryPage,
+    MessageReceipts,
     PresenceOut,
+    ReceiptsRequest,
 )
 from switchboard_runtime.http_errors import ApiError
 
@@ -60,6 +62,11 @@ def _messages(request: Request) -> httpx.AsyncClient:
     return client
 
 
+def _delivery(request: Request) -> httpx.AsyncClient:
+    client: httpx.AsyncClient = request.app.state.delivery_client
+    return client
+
+
 def _presence(request: Request) -> httpx.AsyncClient:
     client: httpx.AsyncClient = request.app.state.presence_client
     return client
@@ -95,7 +102,27 @@ async def history(
     response = await call(
         _messages(request), "GET", f"/internal/chats/{chat_id}/messages", user, params=params
     )
-    return HistoryPage.model_validate(response.json())
+    page = HistoryPage.model_validate_json(response.content)
+    # The caller's own messages carry where each recipient stands: delivery knows that.
+    own = [message.id for message in page.messages if message.sender_id == user]
+    if own:
+        asked = ReceiptsRequest(message_ids=own).model_dump(mode="json")
+        answer = await call(_delivery(request), "POST", "/internal/receipts", user, json=asked)
+        receipts = {r.message_id: r for r in map(MessageReceipts.model_validate, answer.json())}
+        page.messages = [
+            message.model_copy(
+                update={
+                    "delivered_count": found.delivered_count,
+                    "read_count": found.read_count,
+                    "total": found.total,
+                    "receipts": found.receipts,
+                }
+            )
+            if (found := receipts.get(message.id)) is not None
+            else message
+            for message in page.messages
+        ]
+    return page
 
 
 @router.post("/chats/{chat_id}/members", status_code=201, summary="Add a member (group chats)")

@@ -8,7 +8,7 @@ from aio_pika.abc import AbstractQueue
 
 from switchboard_contracts.topology import Topology
 
-from .routed import Routed
+from .routed import ToSession
 from .sessions import Session
 
 __all__ = ["BoundGroups", "KeyedLocks", "Registry"]
@@ -87,12 +87,15 @@ class Registry:
         if self.sessions.pop(session.id, None) is not None:
             await self.by_user.discard(session.user_id, session)
 
-    def to_session(self, session_id: str, routed: Routed) -> None:
+    def to_session(self, session_id: str, frame: ToSession) -> None:
         session = self.sessions.get(session_id)
         if session is not None:
-            session.deliver(routed)
+            session.deliver(frame)
 
-    def to_user(self, user_id: str, except_session: str | None, routed: Routed) -> None:
-        for session in self.by_user.members(user_id):
+    def to_user(self, user_id: str, except_session: str | None, frame: ToSession) -> None:
+        group = self.by_user.groups.get(user_id)
+        if group is None:
+            return  # a user this gateway does not hold: another gateway's
+        for session in group:
             if session.id != except_session:
-                session.deliver(routed)
+                session.deliver(frame)

@@ -22,7 +22,7 @@ from switchboard_contracts.topology import Headers, Kind, Topology
 from switchboard_contracts.wire import encode_frame
 
 from .registry import BoundGroups
-from .routed import Routed
+from .routed import RoomFrame
 from .sessions import Session
 
 __all__ = ["Rooms", "typing_frame"]
@@ -87,20 +87,18 @@ class Rooms:
         else:
             self._typing.get(session.id, {}).pop(chat_id, None)
 
-    def deliver(self, routed: Routed) -> None:
+    def deliver(self, room: RoomFrame) -> None:
         """A frame published to a room: to this gateway's sessions in it but the typer's."""
-        chat_id, typer = routed.chat_id, routed.user_id
-        if chat_id is None or typer is None:
-            return
+        chat_id, typer = room.chat_id, room.user_id
         key = (chat_id, typer)
         timer = self._expiry.pop(key, None)
         if timer is not None:
             timer.cancel()
-        if routed.typing:
+        if room.typing:
             self._expiry[key] = asyncio.get_running_loop().call_later(
                 self.typing_ttl, self._expire, chat_id, typer
             )
-        self._push(chat_id, typer, routed.frame)
+        self._push(chat_id, typer, room.frame)
 
     def _expire(self, chat_id: str, typer: str) -> None:
         self._expiry.pop((chat_id, typer), None)

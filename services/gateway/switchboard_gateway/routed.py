@@ -1,13 +1,17 @@
-"""A frame as it arrives from the route queue: the frame itself and its routing headers."""
+"""What reaches a gateway on its route queue, as typed frames.
+
+Frames for users and sessions come packed, many to a message (`routing.py`: `Live`, `Signal`,
+`Reply`); a catch-up page comes as a message of its own with the headers that end it (`Page`),
+and so does a typing frame published to a chat's room (`RoomFrame`).
+"""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from aio_pika.abc import AbstractIncomingMessage
+from switchboard_contracts.routing import Live, Reply, Signal
+from switchboard_contracts.topology import Headers
 
-from switchboard_contracts.topology import Headers, Kind
-
-__all__ = ["Routed", "header_text"]
+__all__ = ["Live", "Page", "Reply", "RoomFrame", "Signal", "ToSession", "header_text"]
 
 
 def header_text(headers: Mapping[str, object], name: str) -> str | None:
@@ -22,45 +26,51 @@ def _number(headers: Mapping[str, object], name: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-@dataclass(frozen=True)
-class Routed:
-    kind: str
-    frame: bytes
-    message_id: str | None = None
-    chat_id: str | None = None
-    seq: int | None = None
-    # flush-page only: messages in the page, and where to continue when more are queued.
-    count: int = 0
-    more_after: int | None = None
-    more_cursor: str = ""
-    # flush-page only: the catch-up and the page (its starting cursor) it belongs to.
-    flush_id: str | None = None
-    after: int | None = None
-    # Who it is for: one session, or every local session of a user but one.
-    session_id: str | None = None
-    user_id: str | None = None
-    except_session: str | None = None
-    # Room frames: whether the user is typing. On member_left to the removed user: the chat.
-    typing: bool = False
-    left_chat: str | None = None
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of one session's catch-up: its frames packed (pages.py), which catch-up and which
+    page it is, how many messages it holds and, when more are queued, where to continue."""
+
+    session_id: str
+    body: bytes
+    flush_id: str | None
+    after: int | None
+    count: int
+    more_after: int | None
+    more_cursor: str
 
     @classmethod
-    def from_message(cls, message: AbstractIncomingMessage) -> "Routed":
-        headers = dict(message.headers)
+    def from_message(cls, body: bytes, headers: Mapping[str, object]) -> "Page | None":
+        session_id = header_text(headers, Headers.SESSION)
+        if session_id is None:
+            return None
         return cls(
-            kind=header_text(headers, Headers.KIND) or Kind.LIVE,
-            frame=message.body,
-            session_id=header_text(headers, Headers.SESSION),
-            user_id=header_text(headers, Headers.USER),
-            except_session=header_text(headers, Headers.EXCEPT_SESSION),
-            message_id=header_text(headers, Headers.MESSAGE_ID),
-            chat_id=header_text(headers, Headers.CHAT),
-            seq=_number(headers, Headers.SEQ),
+            session_id=session_id,
+            body=body,
+            flush_id=header_text(headers, Headers.FLUSH),
+            after=_number(headers, Headers.AFTER),
             count=_number(headers, Headers.COUNT) or 0,
             more_after=_number(headers, Headers.MORE),
             more_cursor=header_text(headers, Headers.CURSOR) or "",
-            flush_id=header_text(headers, Headers.FLUSH),
-            after=_number(headers, Headers.AFTER),
-            typing=bool(_number(headers, Headers.TYPING)),
-            left_chat=header_text(headers, Headers.LEFT_CHAT),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFrame:
+    """`user_typing` published to a chat's room: for this gateway's sessions in it."""
+
+    chat_id: str
+    user_id: str
+    typing: bool
+    frame: bytes
+
+    @classmethod
+    def from_message(cls, body: bytes, headers: Mapping[str, object]) -> "RoomFrame | None":
+        chat_id, user_id = header_text(headers, Headers.CHAT), header_text(headers, Headers.USER)
+        if chat_id is None or user_id is None:
+            return None
+        return cls(chat_id, user_id, bool(_number(headers, Headers.TYPING)), body)
+
+
+# What a session is handed.
+ToSession = Live | Signal | Reply | Page

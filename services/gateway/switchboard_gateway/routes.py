@@ -1,4 +1,4 @@
-"""This gateway's route queue: frames the broker routed here, handed to the right sessions."""
+"""This gateway's route queue: what the broker routed here, handed to the right sessions."""
 
 import asyncio
 from collections.abc import Callable, Coroutine
@@ -8,11 +8,12 @@ import aiormq
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
+from switchboard_contracts.routing import Live, Reply, unpack_route
 from switchboard_contracts.topology import Kind
 
 from .registry import Registry
 from .rooms import Rooms
-from .routed import Routed
+from .routed import Page, RoomFrame, header_text
 
 __all__ = ["Acknowledger", "RouteConsumer"]
 
@@ -21,9 +22,7 @@ log = structlog.get_logger()
 
 class Acknowledger:
     """Acknowledges a consumer's deliveries in bursts: one `basic.ack` (multiple) for the highest
-    delivery tag handled since the last one, instead of a frame per delivery (a message makes
-    about five route frames, and each acknowledgement is a write to the broker and a frame it
-    must parse).
+    delivery tag handled since the last one, instead of a frame per delivery.
 
     Deliveries may finish out of order (one awaits, later ones do not), so a tag that an
     acknowledgement already covered is never acknowledged again: the broker closes the channel
@@ -65,8 +64,13 @@ class Acknowledger:
 
 class RouteConsumer:
     def __init__(
-        self, registry: Registry, rooms: Rooms, resync: Callable[[], Coroutine[Any, Any, None]]
+        self,
+        gateway_id: str,
+        registry: Registry,
+        rooms: Rooms,
+        resync: Callable[[], Coroutine[Any, Any, None]],
     ) -> None:
+        self.gateway_id = gateway_id
         self.registry = registry
         self.rooms = rooms
         self.resync = resync
@@ -76,19 +80,42 @@ class RouteConsumer:
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         # Handing a frame to a session's buffer cannot fail or block, so the delivery is acked
         # at once; what a crash loses here is still pending in delivery and is resent on reconnect.
-        routed = Routed.from_message(message)
-        if routed.kind == Kind.ROOM:
-            self.rooms.deliver(routed)
-        elif routed.kind == Kind.RESYNC:
+        headers = message.headers or {}
+        kind = header_text(headers, "sb-kind")
+        if kind == Kind.BATCH:
+            await self._batch(message.body)
+        elif kind == Kind.FLUSH_PAGE:
+            page = Page.from_message(message.body, headers)
+            if page is not None:
+                self.registry.to_session(page.session_id, page)
+        elif kind == Kind.ROOM:
+            room = RoomFrame.from_message(message.body, headers)
+            if room is not None:
+                self.rooms.deliver(room)
+        elif kind == Kind.RESYNC:
             # In the background: it publishes once per session, the route queue must not wait.
             task = asyncio.create_task(self.resync())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif routed.session_id is not None:
-            self.registry.to_session(routed.session_id, routed)
-        elif routed.user_id is not None:
-            self.registry.to_user(routed.user_id, routed.except_session, routed)
-            if routed.left_chat is not None:
-                sessions = set(self.registry.by_user.members(routed.user_id))
-                await self.rooms.evict(routed.user_id, routed.left_chat, sessions)
         self.acks.handled(message)
+
+    async def _batch(self, body: bytes) -> None:
+        try:
+            frames = unpack_route(body)
+        except ValueError:
+            log.exception("unreadable route batch dropped")
+            return
+        registry = self.registry
+        for frame in frames:
+            if isinstance(frame, Reply):
+                if frame.gateway_id == self.gateway_id:
+                    registry.to_session(frame.session_id, frame)
+                continue
+            except_session = frame.except_session if isinstance(frame, Live) else None
+            for user in frame.users:
+                registry.to_user(user, except_session, frame)
+            if isinstance(frame, Live) and frame.left_chat is not None:
+                for user in frame.users:
+                    sessions = set(registry.by_user.members(user))
+                    if sessions:
+                        await self.rooms.evict(user, frame.left_chat, sessions)

@@ -25,10 +25,9 @@ from aiolimiter import AsyncLimiter
 
 from switchboard_contracts.errors import ErrorCode
 from switchboard_contracts.pages import unpack_page
-from switchboard_contracts.topology import Kind
 from switchboard_contracts.wire import encode_frame
 
-from .routed import Routed
+from .routed import Live, Page, ToSession
 
 __all__ = ["CLOSE_TRY_AGAIN", "Session"]
 
@@ -90,7 +89,7 @@ class Session:
     # the first drains while a catch-up is under way, so only it decides when there is room.
     _bytes: int = 0
     _held_bytes: int = 0
-    _held: list[Routed] = field(default_factory=list)
+    _held: list[Live] = field(default_factory=list)
     _sent_ids: dict[str, None] = field(default_factory=dict)
     _flushed_seq: dict[str, int] = field(default_factory=dict)
     _flushed_count: int = 0
@@ -166,18 +165,21 @@ class Session:
         self._room_made()
         self._spawn(self.close(CLOSE_TRY_AGAIN, reason))
 
-    def deliver(self, routed: Routed) -> None:
-        if routed.kind == Kind.LIVE and self.catching_up:
-            self._hold(routed)
-        elif routed.kind == Kind.FLUSH_PAGE:
-            if self._current_page(routed):
-                self._take_page(routed)
-        elif not (routed.kind == Kind.LIVE and self._caught_up_past(routed)):
-            self._push_message(routed.message_id, routed.frame)
+    def deliver(self, frame: ToSession) -> None:
+        if isinstance(frame, Live):
+            if self.catching_up:
+                self._hold(frame)
+            elif not self._caught_up_past(frame):
+                self._push_message(frame.message_id, frame.frame)
+        elif isinstance(frame, Page):
+            if self._current_page(frame):
+                self._take_page(frame)
+        else:
+            self.push(frame.frame)
 
-    def _caught_up_past(self, routed: Routed) -> bool:
+    def _caught_up_past(self, live: Live) -> bool:
         """A message at or below what a catch-up already sent for its chat."""
-        return routed.seq is not None and routed.seq <= self._flushed_seq.get(routed.chat_id or "", 0)
+        return live.seq is not None and live.seq <= self._flushed_seq.get(live.chat_id or "", 0)
 
     def sent_of(self, message_ids: Iterable[str]) -> list[str]:
         """Those of these ids this session has sent to its client (the last RECENT_IDS), in the
@@ -200,17 +202,17 @@ class Session:
                 del self._sent_ids[next(iter(self._sent_ids))]
         self.push(frame)
 
-    def _current_page(self, routed: Routed) -> bool:
+    def _current_page(self, page: Page) -> bool:
         return (
             self.catching_up
-            and routed.flush_id == self.flush_id
+            and page.flush_id == self.flush_id
             and self._expected_after is not None
-            and routed.after == self._expected_after
+            and page.after == self._expected_after
         )
 
-    def _take_page(self, routed: Routed) -> None:
+    def _take_page(self, page: Page) -> None:
         try:
-            entries = unpack_page(routed.frame)
+            entries = unpack_page(page.body)
         except ValueError:
             log.exception("unreadable flush page", session_id=self.id)
             self.drop(ErrorCode.INTERNAL.value)
@@ -220,21 +222,21 @@ class Session:
             self._push_message(entry.message_id, entry.frame)
             self._note_sent(entry.chat_id, entry.seq)
         self._expected_after = None  # a repeat of this page is ignored from now on
-        self._flushed_count += routed.count
-        if routed.more_after is not None:
-            self._next_page_after, self._next_page_cursor = routed.more_after, routed.more_cursor
+        self._flushed_count += page.count
+        if page.more_after is not None:
+            self._next_page_after, self._next_page_cursor = page.more_after, page.more_cursor
             self._maybe_request_page()
         else:
             self.push(encode_frame("queue_flushed", {"count": self._flushed_count}))
             self.end_catch_up()
 
-    def _hold(self, routed: Routed) -> None:
-        held_too_much = self._bytes + self._held_bytes + len(routed.frame) > self.buffer_bytes_limit
+    def _hold(self, live: Live) -> None:
+        held_too_much = self._bytes + self._held_bytes + len(live.frame) > self.buffer_bytes_limit
         if len(self._held) >= self.buffer_limit or held_too_much:
             self.drop(ErrorCode.SLOW_CONSUMER.value)
             return
-        self._held.append(routed)
-        self._held_bytes += len(routed.frame)
+        self._held.append(live)
+        self._held_bytes += len(live.frame)
 
     def _maybe_request_page(self) -> None:
         after = self._next_page_after
@@ -300,10 +302,10 @@ class Session:
         self.catching_up = False
         held, self._held = self._held, []
         self._held_bytes = 0
-        for routed in held:
-            if self._caught_up_past(routed):
+        for live in held:
+            if self._caught_up_past(live):
                 continue  # older than what the catch-up sent: already sent, or acknowledged meanwhile
-            self._push_message(routed.message_id, routed.frame)  # skipped if the catch-up sent it
+            self._push_message(live.message_id, live.frame)  # skipped if the catch-up sent it
         # The per-chat floors stay: live messages of a chat arrive in seq order, so one at or
         # below what the catch-up sent, arriving after it, is a late copy (or one acknowledged
         # by another device meanwhile) and is dropped too.

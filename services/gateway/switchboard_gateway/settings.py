@@ -31,6 +31,8 @@ class Settings(CommonSettings):
     messages_url: str = "http://127.0.0.1:8001"
     # The internal API of the presence service (who is online, for users sharing a chat).
     presence_url: str = "http://127.0.0.1:8003"
+    # The internal API of the delivery service (receipts of the caller's messages in history).
+    delivery_url: str = "http://127.0.0.1:8002"
     max_frame_bytes: int = Field(1024 * 1024, ge=1024)
     # WebSocket frames one message may be split into. Browsers and mobile libraries send a
     # message in one frame, a few send big ones in several large pieces; every frame costs a

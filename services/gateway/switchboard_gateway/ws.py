@@ -4,6 +4,7 @@ frames until close."""
 import asyncio
 import contextlib
 import functools
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -153,7 +154,12 @@ async def _serve(gateway: Gateway, limits: Limits, ws: WebSocket) -> None:
             await session.stop()
             with contextlib.suppress(Exception):
                 await gateway.publish(
-                    SessionClosed(session_id=session.id, user_id=session.user_id, gateway_id=gateway.id)
+                    SessionClosed(
+                        session_id=session.id,
+                        user_id=session.user_id,
+                        gateway_id=gateway.id,
+                        closed_at=datetime.now(UTC),
+                    )
                 )
 
 

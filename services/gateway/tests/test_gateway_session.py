@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Callable
 
 from switchboard_contracts.pages import PageEntry, pack_page
-from switchboard_gateway.routed import Routed
+from switchboard_gateway.routed import Live, Page, Reply
 from switchboard_gateway.sessions import CATCH_UP_TIMEOUT, CLOSE_TRY_AGAIN, Session
 
 
@@ -36,8 +36,8 @@ class Sink:
                 await self.changed.wait()
 
 
-def live(message_id: str, seq: int, chat: str = "c1") -> Routed:
-    return Routed("live", f"live-{message_id}".encode(), message_id, chat, seq)
+def live(message_id: str, seq: int, chat: str = "c1") -> Live:
+    return Live(f"live-{message_id}".encode(), ("ann",), message_id, chat, seq)
 
 
 def page(
@@ -47,16 +47,17 @@ def page(
     chat: str = "c1",
     after: int = 0,
     more_after: int | None = None,
-) -> Routed:
+) -> Page:
     """A flush page of (message id, seq) in one chat, as delivery packs it."""
     entries = [PageEntry(m, chat, seq, f"flush-{m}".encode()) for m, seq in messages]
-    return Routed(
-        "flush-page",
+    return Page(
+        session.id,
         pack_page(entries),
-        count=len(entries),
-        more_after=more_after,
         flush_id=session.flush_id,
         after=after,
+        count=len(entries),
+        more_after=more_after,
+        more_cursor="",
     )
 
 
@@ -71,7 +72,7 @@ async def test_live_messages_wait_for_the_flush_and_duplicates_are_skipped() -> 
     session = session_for(sink, buffer_limit=10)
     session.deliver(live("m3", 3))
     session.deliver(live("m4", 4))
-    session.deliver(Routed("reply", b"reply"))
+    session.deliver(Reply(b"reply", "gw", session.id))
     session.deliver(page(session, [("m1", 1), ("m3", 3)]))
     session.deliver(live("m5", 5))
     await sink.until(lambda: len(sink.frames) == 6)
@@ -157,9 +158,8 @@ async def test_a_client_that_stops_reading_is_dropped_not_buffered_forever() -> 
 async def test_held_messages_count_against_the_byte_bound() -> None:
     sink = Sink()
     session = session_for(sink, buffer_limit=1000, buffer_bytes_limit=64 * 1024)
-    big = Routed("live", b"x" * 40_000, "m1", "c1", 1)
-    session.deliver(big)
-    session.deliver(Routed("live", b"x" * 40_000, "m2", "c1", 2))
+    session.deliver(Live(b"x" * 40_000, ("ann",), "m1", "c1", 1))
+    session.deliver(Live(b"x" * 40_000, ("ann",), "m2", "c1", 2))
     await sink.until(lambda: sink.closed is not None)
     assert sink.closed == (CLOSE_TRY_AGAIN, "slow_consumer")
     await session.stop()
@@ -172,7 +172,7 @@ async def test_sync_replaces_the_queue_flush_and_releases_only_newer_live_messag
     session.deliver(live("m2", 2))  # before the sync: held behind the queue catch-up
     session.begin_sync()
     stale = page(session, [("m1", 1)])
-    session.deliver(Routed("flush-page", stale.frame, count=1, flush_id=stale_flush_id, after=0))
+    session.deliver(Page(session.id, stale.body, stale_flush_id, 0, 1, None, ""))
     session.deliver(live("m5", 5))
     session.deliver(live("n1", 1, chat="c2"))
     for seq in (1, 2, 3, 4):
@@ -217,7 +217,7 @@ async def test_held_live_messages_do_not_block_room_for_a_catch_up() -> None:
     # A quarter of the byte bound and more is held behind the catch-up: it cannot drain before
     # the catch-up ends, so it must not count as "no room" for the catch-up's own pages.
     for i in range(20):
-        session.deliver(Routed("live", b"x" * 1024, f"h{i}", "c1", 100 + i))
+        session.deliver(Live(b"x" * 1024, ("ann",), f"h{i}", "c1", 100 + i))
     session.push(b"frame")
     await asyncio.wait_for(session.room(), 5)
     assert not session.closed
@@ -239,7 +239,7 @@ async def test_only_ids_sent_on_this_connection_count_as_acknowledged() -> None:
 async def test_an_unreadable_flush_page_ends_the_session_for_a_retry() -> None:
     sink = Sink()
     session = session_for(sink, buffer_limit=10)
-    session.deliver(Routed("flush-page", b"not a page", count=1, flush_id=session.flush_id, after=0))
+    session.deliver(Page(session.id, b"not a page", session.flush_id, 0, 1, None, ""))
     await sink.until(lambda: sink.closed is not None)
     assert sink.closed == (CLOSE_TRY_AGAIN, "internal")
     assert sink.frames == []

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID, uuid4
 
-import asyncpg
 from fastapi import APIRouter, Query, Request, Response
 
 from switchboard_contracts.errors import ErrorCode
@@ -20,56 +19,44 @@ from switchboard_contracts.models import (
     CreateChat,
     HistoryMessage,
     HistoryPage,
-    MessageOut,
-    Receipt,
     SyncPlan,
     SyncRequest,
 )
-from switchboard_runtime.db import Conn
-from switchboard_runtime.internal_api import Caller, Partitions, Pool
-from switchboard_runtime.outbox import OutboxWriter
+from switchboard_runtime.internal_api import Caller, Pool, Units
+from switchboard_runtime.uow import UnitOfWork
 
-from . import read_store, store
 from .domain import ChatState, DomainError, chat_members_for, check_membership_change, plan_chat_sync
 from .settings import Settings
+from .store import Store
 
 __all__ = ["router"]
 
-SOURCE = "messages"
 router = APIRouter(prefix="/internal")
 
 
-async def _append(conn: Conn, chat_id: UUID, version: int, event: Event, partitions: int) -> None:
-    outbox = OutboxWriter(SOURCE, partitions)
-    envelope = outbox.emit(event)
-    await store.append_event(conn, chat_id, version, envelope)
-    await outbox.flush(conn)
-
-
-async def _record_change(conn: Conn, chat: ChatState, event: Event, partitions: int) -> None:
+async def _record_change(uow: UnitOfWork[Store], chat: ChatState, event: Event) -> None:
     """A membership change: the chat's next stream version, its event logged and published."""
-    await store.save_chat_state(conn, chat.id, chat.version + 1, chat.last_seq)
-    await _append(conn, chat.id, chat.version + 1, event, partitions)
+    await uow.store.append_event(chat.id, chat.version + 1, uow.outbox.emit(event))
 
 
-async def _require_member(conn: Conn, chat_id: UUID, caller: str) -> None:
-    if not await store.is_member(conn, chat_id, caller):
-        if not await store.chat_exists(conn, chat_id):
+async def _require_member(store: Store, chat_id: UUID, caller: str) -> None:
+    if not await store.is_member(chat_id, caller):
+        if not await store.chat_exists(chat_id):
             raise DomainError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
         raise DomainError(ErrorCode.NOT_A_MEMBER, f"you are not a member of chat {chat_id}")
 
 
-async def _lock_as_member(conn: Conn, chat_id: UUID, caller: str) -> ChatState:
+async def _lock_as_member(store: Store, chat_id: UUID, caller: str) -> ChatState:
     """Lock the chat for a change by one of its members."""
-    chat = await store.lock_chat(conn, chat_id)
+    chat = await store.lock_chat(chat_id)
     if chat is None:
         raise DomainError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
-    await _require_member(conn, chat_id, caller)
+    await _require_member(store, chat_id, caller)
     return chat
 
 
 @router.post("/chats", status_code=201)
-async def create_chat(body: CreateChat, caller: Caller, pool: Pool, partitions: Partitions) -> ChatOut:
+async def create_chat(body: CreateChat, caller: Caller, units: Units) -> ChatOut:
     chat = ChatOut(
         id=uuid4(),
         type=body.type,
@@ -77,8 +64,8 @@ async def create_chat(body: CreateChat, caller: Caller, pool: Pool, partitions: 
         members=chat_members_for(caller, body),
         created_at=datetime.now(UTC),
     )
-    async with pool.acquire() as conn, conn.transaction():
-        await store.insert_chat(conn, chat, caller)
+    async with units() as uow:
+        await uow.store.insert_chat(chat, caller)
         event = ChatCreated(
             chat_id=chat.id,
             chat_type=chat.type,
@@ -87,21 +74,21 @@ async def create_chat(body: CreateChat, caller: Caller, pool: Pool, partitions: 
             created_by=caller,
             created_at=chat.created_at,
         )
-        await _append(conn, chat.id, 1, event, partitions)
+        await uow.store.append_event(chat.id, 1, uow.outbox.emit(event))
     return chat
 
 
 @router.get("/chats")
 async def list_chats(caller: Caller, pool: Pool) -> list[ChatOut]:
     async with pool.acquire() as conn:
-        return list(await store.chats_of(conn, caller))
+        return list(await Store(conn).chats_of(caller))
 
 
 @router.get("/chats/{chat_id}/membership", status_code=204)
 async def membership(chat_id: UUID, caller: Caller, pool: Pool) -> Response:
     """204 when the caller is a member now (the gateway asks before a session joins a room)."""
     async with pool.acquire() as conn:
-        await _require_member(conn, chat_id, caller)
+        await _require_member(Store(conn), chat_id, caller)
     return Response(status_code=204)
 
 
@@ -116,39 +103,21 @@ async def chat_history(
     # The page size clients may ask for (1 to 200); at the content limit a page is still only
     # tens of MB, and the gateway's sync writes it to the socket message by message.
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    # The sync replay does not show receipts; skipping them saves a join over the chat's members.
-    receipts: bool = True,
 ) -> HistoryPage:
     """What the caller may read: the messages of the time they were a member (a removed member
-    keeps the history up to the removal), with each recipient's receipt on the caller's own."""
+    keeps the history up to the removal). Receipts are delivery's: the gateway adds them."""
     async with pool.acquire() as conn:
-        if not await store.ever_member(conn, chat_id, caller):
-            await _require_member(conn, chat_id, caller)  # answers chat_not_found or not_a_member
+        store = Store(conn)
+        if not await store.ever_member(chat_id, caller):
+            await _require_member(store, chat_id, caller)  # answers chat_not_found or not_a_member
         # One row more than asked says whether an older page exists (for this reader).
         rows = await store.history(
-            conn, chat_id, caller, before_seq=before_seq, after_seq=after_seq, limit=limit + 1
+            chat_id, caller, before_seq=before_seq, after_seq=after_seq, limit=limit + 1
         )
-        more = len(rows) > limit and after_seq is None
-        rows = rows[:limit] if after_seq is not None else rows[-limit:]
-        own = [row["id"] for row in rows if row["sender_id"] == caller] if receipts else []
-        statuses = await store.receipts_of(conn, own) if own else {}
-    page = [_history_message(row, caller, statuses, receipts=receipts) for row in rows]
+    more = len(rows) > limit and after_seq is None
+    rows = rows[:limit] if after_seq is not None else rows[-limit:]
+    page = [HistoryMessage(**message.model_dump()) for message in rows]
     return HistoryPage(messages=page, next_before_seq=page[0].seq if more else None)
-
-
-def _history_message(
-    row: asyncpg.Record, caller: str, statuses: dict[UUID, list[tuple[str, str]]], *, receipts: bool
-) -> HistoryMessage:
-    fields = {key: row[key] for key in MessageOut.model_fields}
-    if row["sender_id"] != caller or not receipts:
-        return HistoryMessage(**fields)
-    return HistoryMessage(
-        **fields,
-        delivered_count=row["delivered_count"],
-        read_count=row["read_count"],
-        total=row["recipients"],
-        receipts=[Receipt(user_id=user, status=status) for user, status in statuses.get(row["id"], [])],
-    )
 
 
 @router.post("/sync")
@@ -157,7 +126,7 @@ async def sync_plan(body: SyncRequest, caller: Caller, pool: Pool, request: Requ
     settings: Settings = request.app.state.settings
     limit = min(body.limit or settings.sync_compaction_limit, settings.sync_compaction_limit)
     async with pool.acquire() as conn:
-        rows = await read_store.sync_rows(conn, caller, body.chats, body.since)
+        rows = await Store(conn).sync_rows(caller, body.chats, body.since)
     return SyncPlan(
         chats=[
             plan_chat_sync(
@@ -175,32 +144,27 @@ async def sync_plan(body: SyncRequest, caller: Caller, pool: Pool, request: Requ
 
 
 @router.post("/chats/{chat_id}/members", status_code=201)
-async def add_member(
-    chat_id: UUID, body: AddMember, caller: Caller, pool: Pool, partitions: Partitions
-) -> ChatOut:
-    async with pool.acquire() as conn, conn.transaction():
-        chat = await _lock_as_member(conn, chat_id, caller)
+async def add_member(chat_id: UUID, body: AddMember, caller: Caller, units: Units) -> ChatOut:
+    async with units() as uow:
+        chat = await _lock_as_member(uow.store, chat_id, caller)
         check_membership_change(chat)
-        if await store.insert_member(conn, chat_id, body.user_id, joined_seq=chat.last_seq):
-            await _record_change(
-                conn, chat, ChatMemberAdded(chat_id=chat_id, user_id=body.user_id, by=caller), partitions
+        if await uow.store.insert_member(chat_id, body.user_id, joined_seq=chat.last_seq):
+            added = ChatMemberAdded(
+                chat_id=chat_id, user_id=body.user_id, by=caller, joined_seq=chat.last_seq
             )
-        out = await store.chat_out(conn, chat_id)
+            await _record_change(uow, chat, added)
+        out: ChatOut | None = await uow.store.chat_out(chat_id)
     if out is None:  # the chat row is locked above, so this cannot happen short of a bug
         raise DomainError(ErrorCode.INTERNAL, "chat vanished while adding a member")
     return out
 
 
 @router.delete("/chats/{chat_id}/members/{user_id}", status_code=204)
-async def remove_member(
-    chat_id: UUID, user_id: str, caller: Caller, pool: Pool, partitions: Partitions
-) -> Response:
-    async with pool.acquire() as conn, conn.transaction():
-        chat = await _lock_as_member(conn, chat_id, caller)
+async def remove_member(chat_id: UUID, user_id: str, caller: Caller, units: Units) -> Response:
+    async with units() as uow:
+        chat = await _lock_as_member(uow.store, chat_id, caller)
         check_membership_change(chat)
-        if not await store.remove_member(conn, chat_id, user_id, left_seq=chat.last_seq):
+        if not await uow.store.remove_member(chat_id, user_id, left_seq=chat.last_seq):
             raise DomainError(ErrorCode.NOT_A_MEMBER, f"{user_id} is not a member of chat {chat_id}")
-        await _record_change(
-            conn, chat, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller), partitions
-        )
+        await _record_change(uow, chat, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller))
     return Response(status_code=204)

@@ -10,6 +10,7 @@ from switchboard_runtime.service import event_app, run_cli
 from .api import router
 from .handlers import HANDLERS
 from .settings import Settings
+from .store import Store
 
 __all__ = ["create_app", "main"]
 
@@ -19,7 +20,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = event_app(SERVICE, settings, HANDLERS, title="Switchboard messages (internal)")
+    app = event_app(SERVICE, settings, HANDLERS, Store, title="Switchboard messages (internal)")
     app.state.settings = settings
     app.include_router(router)
     install_error_handlers(app)

@@ -7,7 +7,7 @@ from uuid import UUID, uuid4
 
 from switchboard_contracts.errors import ErrorCode
 from switchboard_contracts.events import MessageSent
-from switchboard_contracts.models import ChatSync, CreateChat, MessageOut, ReceiptStatus
+from switchboard_contracts.models import ChatSync, CreateChat, MessageOut
 from switchboard_runtime.http_errors import ApiError
 
 __all__ = [
@@ -17,11 +17,9 @@ __all__ = [
     "Outcome",
     "Refused",
     "Repeated",
-    "StatusChange",
     "Stored",
     "chat_members_for",
     "plan_chat_sync",
-    "status_updates",
     "check_membership_change",
     "next_message",
     "plan_sends",
@@ -157,51 +155,3 @@ def plan_chat_sync(
             chat_id=chat_id, result="compacted", from_seq=end_seq - limit + 1, to_seq=end_seq, unread=unread
         )
     return ChatSync(chat_id=chat_id, result="replayed", from_seq=start + 1, to_seq=end_seq, unread=unread)
-
-
-@dataclass(frozen=True)
-class StatusChange:
-    """One message's status for one recipient, with the message's totals after it."""
-
-    message_id: UUID
-    chat_id: UUID
-    seq: int
-    sender_id: str
-    delivered_count: int
-    read_count: int
-    total: int
-    # A sender who has left the chat is told nothing more about it (not how far it has moved on).
-    sender_is_member: bool = True
-
-
-def status_updates(
-    changes: Sequence[StatusChange], reader: str, status: ReceiptStatus, up_to_seq: int | None = None
-) -> list[tuple[str, dict[str, object]]]:
-    """The `message_status` frames (sender, data) a batch of receipt changes produces.
-
-    `delivered`: one per message. `read`: one per sender, naming that sender's newest message
-    the call read (and `up_to_seq`), with that message's totals: a client marks every one of its
-    messages up to it read, and a sender never gets hundreds of frames for one `mark_read`.
-    """
-    changes = [change for change in changes if change.sender_is_member]
-    if status == "read":
-        newest: dict[str, StatusChange] = {}
-        for change in changes:
-            if change.sender_id not in newest or change.seq > newest[change.sender_id].seq:
-                newest[change.sender_id] = change
-        changes = sorted(newest.values(), key=lambda c: (c.sender_id, c.seq))
-    updates = []
-    for change in changes:
-        data: dict[str, object] = {
-            "message_id": str(change.message_id),
-            "chat_id": str(change.chat_id),
-            "user_id": reader,
-            "status": status,
-            "delivered_count": change.delivered_count,
-            "read_count": change.read_count,
-            "total": change.total,
-        }
-        if up_to_seq is not None:
-            data["up_to_seq"] = up_to_seq
-        updates.append((change.sender_id, data))
-    return updates

@@ -6,18 +6,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
 from fastapi import FastAPI
 
-from switchboard_runtime.db import Conn
 from switchboard_runtime.http_errors import install_error_handlers
-from switchboard_runtime.outbox import OutboxWriter
-from switchboard_runtime.service import event_app, run_cli
+from switchboard_runtime.service import Runtime, event_app, run_cli
+from switchboard_runtime.uow import UnitOfWork, UnitsOfWork
 
 from .api import router
 from .handlers import HANDLERS, end_graces, expire_silent_gateways
 from .settings import Settings
+from .store import Store
 
 __all__ = ["create_app", "main"]
 
@@ -30,22 +29,21 @@ GRACE_CHECKS = 5
 
 
 async def every(
-    pool: asyncpg.Pool,
+    units: UnitsOfWork[Store],
     seconds: float,
-    job: Callable[[Conn], Awaitable[OutboxWriter]],
+    job: Callable[[UnitOfWork[Store]], Awaitable[None]],
     name: str,
     *,
     first_after: float = 0.0,
 ) -> None:
-    """Run `job` in a transaction every `seconds`, publishing what it emits; a failed pass (a
-    database outage) only delays the work to the next one."""
+    """Run `job` in a unit of work every `seconds`; a failed pass (a database outage) only
+    delays the work to the next one."""
     await asyncio.sleep(first_after)
     while True:
         await asyncio.sleep(seconds)
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                outbox = await job(conn)
-                await outbox.flush(conn)
+            async with units() as uow:
+                await job(uow)
         except Exception:
             log.exception("periodic pass failed", job=name)
 
@@ -56,27 +54,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     expiry = timedelta(seconds=settings.session_expiry_seconds)
     grace = timedelta(seconds=settings.presence_grace_seconds)
 
-    def extra(pool: asyncpg.Pool) -> Mapping[str, Coroutine[Any, Any, None]]:
+    def extra(runtime: Runtime) -> Mapping[str, Coroutine[Any, Any, None]]:
+        units: UnitsOfWork[Store] = runtime.units  # type: ignore[assignment]
         return {
             # After a restart the heartbeats that arrived meanwhile are still queued; judging
             # gateways before one expiry period has passed would take live ones for dead.
             "session-expiry": every(
-                pool,
+                units,
                 settings.expiry_check_seconds,
-                lambda conn: expire_silent_gateways(conn, expiry, settings.partitions),
+                lambda uow: expire_silent_gateways(uow, expiry),
                 "session-expiry",
                 first_after=settings.session_expiry_seconds,
             ),
             # Pending users are judged on presence's own table, not on heartbeats: no first wait.
             "grace-period": every(
-                pool,
+                units,
                 settings.presence_grace_seconds / GRACE_CHECKS,
-                lambda conn: end_graces(conn, grace, settings.partitions),
+                lambda uow: end_graces(uow, grace),
                 "grace-period",
             ),
         }
 
-    app = event_app(SERVICE, settings, HANDLERS, title="Switchboard presence (internal)", extra=extra)
+    app = event_app(SERVICE, settings, HANDLERS, Store, title="Switchboard presence (internal)", extra=extra)
     app.include_router(router)
     install_error_handlers(app)
     return app

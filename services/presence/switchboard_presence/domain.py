@@ -3,10 +3,10 @@
 from datetime import datetime
 
 from switchboard_contracts.models import PresenceOut
-from switchboard_contracts.topology import Headers, Kind, Topology
+from switchboard_contracts.routing import Signal
 from switchboard_contracts.wire import encode_frame
 
-__all__ = ["presence_of", "presence_signals"]
+__all__ = ["presence_of", "presence_signal"]
 
 
 def presence_of(user_id: str, *, online: bool, last_seen: datetime | None) -> PresenceOut:
@@ -16,15 +16,11 @@ def presence_of(user_id: str, *, online: bool, last_seen: datetime | None) -> Pr
     )
 
 
-def presence_signals(presence: PresenceOut, contacts: list[str]) -> list[tuple[str, bytes, dict[str, str]]]:
-    """The `presence` frame for each contact, as (routing key, frame, headers) on the route exchange.
-
-    One frame body for all: the same bytes go to every contact. A signal, so a contact that is
-    catching up gets it at once rather than behind its backlog.
-    """
-    frame = encode_frame("presence", presence.model_dump(mode="json"))
-    return [
-        (Topology.user_key(contact), frame, {Headers.USER: contact, Headers.KIND: Kind.SIGNAL})
-        for contact in contacts
-        if contact != presence.user_id
-    ]
+def presence_signal(presence: PresenceOut, contacts: list[str]) -> Signal | None:
+    """The `presence` frame for the user's contacts (never the user themselves), or None when
+    nobody is to hear it. A signal: a contact that is catching up gets it at once rather than
+    behind its backlog."""
+    others = tuple(sorted(contact for contact in set(contacts) if contact != presence.user_id))
+    if not others:
+        return None
+    return Signal(encode_frame("presence", presence.model_dump(mode="json")), others)

@@ -2,8 +2,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from switchboard_contracts.topology import Headers, Kind
-from switchboard_presence.domain import presence_of, presence_signals
+from switchboard_presence.domain import presence_of, presence_signal
 
 SEEN = datetime(2026, 11, 25, 20, 17, 14, tzinfo=UTC)
 
@@ -19,19 +18,18 @@ def test_offline_keeps_last_seen_and_never_seen_is_null() -> None:
     assert never.status == "offline" and never.last_seen is None
 
 
-def test_each_contact_gets_the_frame_on_its_own_user_key_as_a_signal() -> None:
-    signals = presence_signals(presence_of("bob", online=False, last_seen=SEEN), ["alice", "carol"])
+def test_every_contact_gets_one_frame_as_a_signal() -> None:
+    signal = presence_signal(presence_of("bob", online=False, last_seen=SEEN), ["carol", "alice", "carol"])
 
-    assert [(key, headers) for key, _, headers in signals] == [
-        ("user.alice", {Headers.USER: "alice", Headers.KIND: Kind.SIGNAL}),
-        ("user.carol", {Headers.USER: "carol", Headers.KIND: Kind.SIGNAL}),
-    ]
-    assert orjson.loads(signals[0][1]) == {
+    assert signal is not None
+    assert signal.users == ("alice", "carol")
+    assert orjson.loads(signal.frame) == {
         "event": "presence",
         "data": {"user_id": "bob", "status": "offline", "last_seen": "2026-11-25T20:17:14Z"},
     }
 
 
 def test_the_user_is_never_told_about_themselves() -> None:
-    signals = presence_signals(presence_of("bob", online=True, last_seen=None), ["bob", "alice"])
-    assert [key for key, _, _ in signals] == ["user.alice"]
+    signal = presence_signal(presence_of("bob", online=True, last_seen=None), ["bob", "alice"])
+    assert signal is not None and signal.users == ("alice",)
+    assert presence_signal(presence_of("bob", online=True, last_seen=None), ["bob"]) is None

@@ -1,8 +1,8 @@
-"""Sync plans and status frames: the pure rules behind receipts and multi-device catch-up."""
+"""Sync plans: the pure rules behind a device's catch-up from history."""
 
 from uuid import uuid4
 
-from switchboard_messages.domain import StatusChange, plan_chat_sync, status_updates
+from switchboard_messages.domain import plan_chat_sync
 
 CHAT = uuid4()
 
@@ -36,26 +36,3 @@ def test_never_before_the_user_joined() -> None:
 def test_unnamed_chat_starts_at_since_else_at_the_beginning() -> None:
     assert plan(since_seq=90) == ("replayed", 91, 100)
     assert plan() == ("replayed", 1, 100)
-
-
-def change(sender: str, seq: int) -> StatusChange:
-    return StatusChange(uuid4(), CHAT, seq, sender, 1, 1, 3)
-
-
-def test_delivered_is_one_frame_per_message() -> None:
-    changes = [change("a", 1), change("a", 2), change("c", 3)]
-    updates = status_updates(changes, "b", "delivered")
-    assert [(sender, data["message_id"]) for sender, data in updates] == [
-        (c.sender_id, str(c.message_id)) for c in changes
-    ]
-    assert all("up_to_seq" not in data for _, data in updates)
-
-
-def test_read_is_one_frame_per_sender_naming_its_newest_message() -> None:
-    changes = [change("a", 1), change("c", 2), change("a", 4), change("a", 3)]
-    updates = status_updates(changes, "b", "read", up_to_seq=4)
-    assert [(sender, data["message_id"], data["up_to_seq"]) for sender, data in updates] == [
-        ("a", str(changes[2].message_id), 4),
-        ("c", str(changes[1].message_id), 4),
-    ]
-    assert updates[0][1]["total"] == 3 and updates[0][1]["user_id"] == "b"

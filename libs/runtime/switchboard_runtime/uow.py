@@ -1,0 +1,140 @@
+"""The unit of work: one transaction, what it emits, and the one publish step after commit.
+
+Every entry point of a service runs its work in one: a batch of events (the consumer), an
+internal HTTP request, a timer. Handlers see only `uow.store` (the service's SQL, bound to the
+transaction) and `uow.outbox` (what to emit):
+
+* `emit(event)`: a domain event, written to the outbox table in the same transaction and
+  published by the relay after commit (outbox.py): never lost once committed, never sent for work
+  that rolled back.
+* `route(frame)`: a frame for clients (routing.py), and `publish(...)` a whole message for the
+  route exchange (a catch-up page): published after commit, all of a unit's frames as one
+  message (per thousand routing keys). They are not kept in the database: what they carry is
+  either kept elsewhere until acknowledged (a message stays pending in delivery) or is about the
+  present and worthless later (presence, receipts, answers the client can ask again for).
+
+A unit of work with a store that keeps its data in memory is how handlers are unit-tested: the
+outbox is plain data either way.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+
+from switchboard_contracts.events import Envelope, Event
+from switchboard_contracts.partitions import event_routing_key
+from switchboard_contracts.routing import RouteFrame, route_messages
+
+from .amqp import Bus, encode_envelope
+from .db import Conn
+from .outbox import OutboxRelay, write_outbox
+
+__all__ = ["Outbox", "RouteMessage", "UnitOfWork", "UnitsOfWork", "publish_after_commit"]
+
+Store = TypeVar("Store")
+
+
+@dataclass(frozen=True)
+class RouteMessage:
+    """A message for the route exchange as it is (a catch-up page, a resync request)."""
+
+    routing_key: str
+    body: bytes
+    headers: Mapping[str, Any]
+
+
+@dataclass
+class Outbox:
+    source: str
+    # The deployment's partition count (CHAT_PARTITIONS): an event's routing key,
+    # `<type>.<partition>`, is decided when it is emitted.
+    partitions: int
+    keys: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    frames: list[RouteFrame] = field(default_factory=list)
+    messages: list[RouteMessage] = field(default_factory=list)
+
+    def emit(self, event: Event) -> Envelope:
+        envelope = Envelope.wrap(event, self.source)
+        self.keys.append(event_routing_key(envelope.type, envelope.data, self.partitions))
+        self.bodies.append(encode_envelope(envelope))
+        return envelope
+
+    def route(self, frame: RouteFrame) -> None:
+        self.frames.append(frame)
+
+    def publish(self, routing_key: str, body: bytes, headers: Mapping[str, Any]) -> None:
+        self.messages.append(RouteMessage(routing_key, body, headers))
+
+    def mark(self) -> tuple[int, int, int]:
+        """Where the outbox stands, for `rewind` (an event whose work rolled back to a savepoint)."""
+        return len(self.keys), len(self.frames), len(self.messages)
+
+    def rewind(self, mark: tuple[int, int, int]) -> None:
+        events, frames, messages = mark
+        del self.keys[events:], self.bodies[events:], self.frames[frames:], self.messages[messages:]
+
+    @property
+    def after_commit(self) -> bool:
+        """Whether anything is to be published straight after commit."""
+        return bool(self.frames or self.messages)
+
+
+@dataclass
+class UnitOfWork(Generic[Store]):
+    store: Store
+    outbox: Outbox
+
+
+async def publish_after_commit(bus: Bus, outbox: Outbox) -> None:
+    """The frames and route messages of a committed unit of work, in the order they were added
+    (frames first), their confirms awaited together."""
+    publishes: list[Awaitable[object]] = [
+        bus.publish_route(keys, body) for keys, body in route_messages(outbox.frames)
+    ]
+    publishes += [
+        bus.publish("route", message.routing_key, message.body, headers=message.headers)
+        for message in outbox.messages
+    ]
+    await asyncio.gather(*publishes)
+
+
+class UnitsOfWork(Generic[Store]):
+    """Makes units of work on one pool for one service: `async with units() as uow: ...` commits
+    when the block ends without an error, then publishes what the unit emitted."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: Callable[[Conn], Store],
+        bus: Bus,
+        relay: OutboxRelay,
+        source: str,
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.bus = bus
+        self.relay = relay
+        self.source = source
+
+    def outbox(self) -> Outbox:
+        return Outbox(self.source, self.bus.topology.partitions)
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[UnitOfWork[Store]]:
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                uow = UnitOfWork(self.store(conn), self.outbox())
+                yield uow
+                await write_outbox(conn, uow.outbox.keys, uow.outbox.bodies)
+        self.committed(uow.outbox)
+        if uow.outbox.after_commit:
+            await publish_after_commit(self.bus, uow.outbox)
+
+    def committed(self, outbox: Outbox) -> None:
+        if outbox.keys:
+            self.relay.wake()

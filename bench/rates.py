@@ -101,7 +101,7 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
     async def send(n: int, due: float) -> None:
         sender, chat, recipients = prepared.route(n)
         ledger.expect(n, chat, due, recipients)
-        await sender.send_message(chat, ledger.content(n, PADDING), f"{ledger.run}-{n}")
+        await sender.send_message(chat, ledger.content(n, PADDING), ledger.temp_id(n))
 
     schedule = await open_loop(rate, scenario.seconds, send)
     drained_at = time.perf_counter()
@@ -109,7 +109,8 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
     drain = time.perf_counter() - drained_at
     processes = usage.stop()
     written = await target.database_writes()
-    latency = summary(ledger.to_last if prepared.fan_out > 1 else ledger.to_each)
+    figure = ledger.to_last if prepared.fan_out > 1 else ledger.to_each
+    latency = summary(figure)
     result: dict[str, Any] = {
         "rate": rate,
         "seconds": scenario.seconds,
@@ -126,7 +127,8 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
         "drain_seconds": round(drain, 2),
         "latency_ms": latency,
         "to_each_ms": summary(ledger.to_each),
-        "histogram": (ledger.to_last if prepared.fan_out > 1 else ledger.to_each).encode().decode(),
+        "to_confirm_ms": summary(ledger.to_confirm),
+        "histogram": figure.encode().decode(),
         "processes": per_message(processes, schedule.sent),
         "database_per_message": {
             key: round((written[key] - writes[key]) / schedule.sent, 2) for key in ("commits", "rows")
@@ -168,11 +170,14 @@ async def ladder(target: Target, scenario: RateScenario, log: Callable[[str], No
             result = await step(target, prepared, scenario, rate)
             steps.append(result)
             latency = result["latency_ms"]
+            confirm = result["to_confirm_ms"]
             other = result["processes"]["machine"]["other_cores"]
             log(
                 f"  {target.name} {scenario.name} {rate:g}/s (other load {other:.2f} core):"
                 f" p50 {latency.get('p50', 0):.1f} ms"
-                f" p99 {latency.get('p99', 0):.1f} ms lost {result['lost']} dup {result['duplicates']}"
+                f" p99 {latency.get('p99', 0):.1f} ms (message_sent p50 {confirm.get('p50', 0):.1f}"
+                f" p99 {confirm.get('p99', 0):.1f})"
+                f" lost {result['lost']} dup {result['duplicates']}"
                 f" errors {sum(result['errors'].values())} achieved {result['achieved_rate']:g}/s"
                 f" generator {result['processes']['load generator']['cores']:.2f} core"
                 f" -> {'held' if result['held'] else 'not held'}"

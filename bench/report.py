@@ -153,19 +153,21 @@ def rate_section(name: str, by_target: dict[str, Any]) -> list[str]:
         "",
         f"Latency is {any_result['figure']}, from when the send was due.",
         "",
-        "| system | rate | achieved | p50 ms | p90 | p99 | p99.9 | max | lost | dup | reordered | refused"
-        " | generator cores | machine cores (other) | held |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| system | rate | achieved | p50 ms | p90 | p99 | p99.9 | max | send → message_sent p50 / p99 ms"
+        " | lost | dup | reordered | refused | generator cores | machine cores (other) | held |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for target, result in by_target.items():
         for s in result["steps"]:
             lat = s["latency_ms"]
+            confirm = s.get("to_confirm_ms", {})
             generator = f"{s['processes']['load generator']['cores']:.2f}"
             machine = s["processes"]["machine"]
             lines.append(
                 f"| {target} | {s['rate']:g} | {s['achieved_rate']:g} | {_ms(lat.get('p50'))} | "
                 f"{_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {_ms(lat.get('p99.9'))} | "
-                f"{_ms(lat.get('max'))} | {s['lost']} | {s['duplicates']} | {s['out_of_order']} | "
+                f"{_ms(lat.get('max'))} | {_ms(confirm.get('p50'))} / {_ms(confirm.get('p99'))} | "
+                f"{s['lost']} | {s['duplicates']} | {s['out_of_order']} | "
                 f"{sum(s['errors'].values())} | {generator}{' (bound)' if s['generator_bound'] else ''} | "
                 f"{machine['cores']:.2f} ({machine['other_cores']:.2f}) | {'yes' if s['held'] else 'no'} |"
             )

@@ -35,7 +35,7 @@ async def queue_backlog(
         ledger.expect(n, chat, due, [recipient])
         if echo is not None:
             echoed.expect(n, chat, due, [sender.user], confirmed=False)
-        await sender.send_message(chat, ledger.content(n, PADDING), f"{ledger.run}-{n}")
+        await sender.send_message(chat, ledger.content(n, PADDING), ledger.temp_id(n))
 
     await open_loop(BACKLOG_RATE, len(plan) / BACKLOG_RATE, send)
     # The recipients are offline: only the confirmations and the echoes can come now.

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench import broker
 from bench.load import Ledger, Session, close_all, open_loop, open_sessions, summary
 from bench.targets import Target
 from bench.usage import Usage
@@ -90,12 +91,44 @@ class Group(RateScenario):
         return Prepared(sessions, route, len(recipients))
 
 
+@dataclass
+class Counts:
+    """What the database and the broker had done at one moment (their own counters)."""
+
+    database: dict[str, int]
+    rabbitmq: broker.Reading
+
+
+async def counts(target: Target) -> Counts:
+    """Read both; the broker first: its CLI takes about a second, time the database's backends
+    need to report their last writes to pg_stat_database. Read outside the CPU window (the
+    CLI's own Erlang VM would count as broker or machine CPU otherwise)."""
+    reading = await broker.read()
+    return Counts(await target.database_writes(), reading)
+
+
+def work(before: Counts, after: Counts, units: int) -> dict[str, Any]:
+    """Rows and commits, broker publishes, routings, deliveries and acks per unit (a message
+    sent, or one delivered), with why the broker's are missing when they are."""
+    per_broker, error = broker.per_unit(before.rabbitmq, after.rabbitmq, units)
+    result: dict[str, Any] = {
+        "database_per_message": {
+            key: round((after.database[key] - before.database[key]) / units, 2) if units else 0.0
+            for key in ("commits", "rows")
+        },
+        "broker_per_message": per_broker,
+    }
+    if error:
+        result["broker_error"] = error
+    return result
+
+
 async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate: float) -> dict[str, Any]:
     ledger = Ledger()
     for session in prepared.sessions:
         session.ledger = ledger
+    before = await counts(target)
     usage = Usage.of(target.processes)
-    writes = await target.database_writes()
     usage.start()
 
     async def send(n: int, due: float) -> None:
@@ -108,7 +141,7 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
     settled = await ledger.settled(DRAIN_SECONDS)
     drain = time.perf_counter() - drained_at
     processes = usage.stop()
-    written = await target.database_writes()
+    after = await counts(target)
     figure = ledger.to_last if prepared.fan_out > 1 else ledger.to_each
     latency = summary(figure)
     result: dict[str, Any] = {
@@ -130,9 +163,7 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
         "to_confirm_ms": summary(ledger.to_confirm),
         "histogram": figure.encode().decode(),
         "processes": per_message(processes, schedule.sent),
-        "database_per_message": {
-            key: round((written[key] - writes[key]) / schedule.sent, 2) for key in ("commits", "rows")
-        },
+        **work(before, after, schedule.sent),
     }
     generator = processes["load generator"]["cores"]
     # One Python process does at most one core of work; near it, the generator is the limit.
@@ -172,11 +203,14 @@ async def ladder(target: Target, scenario: RateScenario, log: Callable[[str], No
             latency = result["latency_ms"]
             confirm = result["to_confirm_ms"]
             other = result["processes"]["machine"]["other_cores"]
+            published = (result["broker_per_message"] or {}).get("publishes", "-")
+            if "broker_error" in result:
+                log(f"  no broker counters: {result['broker_error']}")
             log(
                 f"  {target.name} {scenario.name} {rate:g}/s (other load {other:.2f} core):"
                 f" p50 {latency.get('p50', 0):.1f} ms"
                 f" p99 {latency.get('p99', 0):.1f} ms (message_sent p50 {confirm.get('p50', 0):.1f}"
-                f" p99 {confirm.get('p99', 0):.1f})"
+                f" p99 {confirm.get('p99', 0):.1f}) publishes/msg {published}"
                 f" lost {result['lost']} dup {result['duplicates']}"
                 f" errors {sum(result['errors'].values())} achieved {result['achieved_rate']:g}/s"
                 f" generator {result['processes']['load generator']['cores']:.2f} core"

@@ -17,12 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 RATE_SCENARIOS = ("pairs", "group", "big group")
-# Broker publishes per message in the pairs scenario, counted from docs/architecture.md section 3:
-# MessageSent, MessageStored, the `message_sent` reply, `new_message` to the recipient and to the
-# sender's other devices, the acknowledgement (DeliveryAcked, routed to two queues: one publish)
-# and the `message_status` to the sender. Three of them are persistent events through quorum queues.
-BROKER_PUBLISHES_PER_MESSAGE = 7
-PERSISTENT_PUBLISHES_PER_MESSAGE = 3
+# Only when a run has no broker counters (rabbitmqctl missing or failing) do the floor ratios fall
+# back to these, counted from docs/architecture.md section 3 for a pairs message: MessageSent,
+# MessageStored, the `message_sent` reply, `new_message` to the recipient and to the sender's
+# other devices, the acknowledgement (DeliveryAcked, routed to two queues: one publish) and the
+# `message_status` to the sender; three of them persistent events through quorum queues.
+ESTIMATED_PUBLISHES_PER_MESSAGE = 7.0
+ESTIMATED_QUORUM_DELIVERIES_PER_MESSAGE = 3.0
+# The process whose CPU is the benchmark's own, not the system's.
+GENERATOR = "load generator"
 
 
 def _ms(value: float | None) -> str:
@@ -34,6 +37,18 @@ def _ms(value: float | None) -> str:
 def _best(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
     held = [s for s in steps if s["held"]]
     return held[-1] if held else (steps[0] if steps else None)
+
+
+def system_cpu_us(step: dict[str, Any], units: int) -> float | None:
+    """CPU of every measured process but the load generator, in µs per unit."""
+    if not units:
+        return None
+    cpu = sum(
+        row["cpu_seconds"]
+        for name, row in step["processes"].items()
+        if name != GENERATOR and "cpu_seconds" in row
+    )
+    return float(cpu / units * 1e6)
 
 
 def headline(name: str, result: dict[str, Any]) -> tuple[str, float | None]:
@@ -123,24 +138,28 @@ def floor_section(results: dict[str, Any]) -> list[str]:
     if pairs and pairs.get("knee") and knee_step is not None:
         knee = pairs["knee"]
         written = knee_step["database_per_message"]
-        by_broker = broker / PERSISTENT_PUBLISHES_PER_MESSAGE
-        by_broker_all = broker / BROKER_PUBLISHES_PER_MESSAGE
-        by_rows = batched / written["rows"] if written["rows"] else float("inf")
-        by_commits = single / written["commits"] if written["commits"] else float("inf")
+        measured = knee_step.get("broker_per_message") or {}
+        # The floor's broker rate is of messages each published once and delivered once from a
+        # quorum queue: a pairs message needs that much broker work per quorum delivery, and at
+        # most that much per publish of any kind.
+        quorum = measured.get("quorum_deliveries", ESTIMATED_QUORUM_DELIVERIES_PER_MESSAGE)
+        publishes = measured.get("publishes", ESTIMATED_PUBLISHES_PER_MESSAGE)
+        source = "measured" if measured else "estimated, no broker counters"
+
+        def row(limit: str, per_message: float, floor_rate: float) -> str:
+            allows = floor_rate / per_message if per_message else float("inf")
+            return f"| {limit} | {per_message:,.1f} | {allows:,.0f} msg/s | {knee / allows:.1%} |"
+
         lines += [
             "What the floor allows a pairs message, given what one costs at Switchboard's knee"
             f" ({knee:g} msg/s), and the knee as a fraction of it:",
             "",
             "| limit | per message | allows | knee ÷ allowed |",
             "|---|---|---|---|",
-            f"| broker, persistent publishes through quorum queues | {PERSISTENT_PUBLISHES_PER_MESSAGE}"
-            f" | {by_broker:,.0f} msg/s | {knee / by_broker:.1%} |",
-            f"| broker, every publish counted as persistent | {BROKER_PUBLISHES_PER_MESSAGE}"
-            f" | {by_broker_all:,.0f} msg/s | {knee / by_broker_all:.1%} |",
-            f"| database, rows written (batched) | {written['rows']:.1f}"
-            f" | {by_rows:,.0f} msg/s | {knee / by_rows:.1%} |",
-            f"| database, transactions committed | {written['commits']:.1f}"
-            f" | {by_commits:,.0f} msg/s | {knee / by_commits:.1%} |",
+            row(f"broker, deliveries from quorum queues ({source})", quorum, broker),
+            row(f"broker, every publish counted as persistent ({source})", publishes, broker),
+            row("database, rows written (batched)", written["rows"], batched),
+            row("database, transactions committed", written["commits"], single),
             "",
         ]
     return lines
@@ -161,7 +180,7 @@ def rate_section(name: str, by_target: dict[str, Any]) -> list[str]:
         for s in result["steps"]:
             lat = s["latency_ms"]
             confirm = s.get("to_confirm_ms", {})
-            generator = f"{s['processes']['load generator']['cores']:.2f}"
+            generator = f"{s['processes'][GENERATOR]['cores']:.2f}"
             machine = s["processes"]["machine"]
             lines.append(
                 f"| {target} | {s['rate']:g} | {s['achieved_rate']:g} | {_ms(lat.get('p50'))} | "
@@ -176,17 +195,53 @@ def rate_section(name: str, by_target: dict[str, Any]) -> list[str]:
 
 
 def cpu_table(by_target: dict[str, Any]) -> list[str]:
-    """CPU per message by process, at each system's best step (its knee, or its first step)."""
+    """CPU per message by process, and the broker's and the database's work per message, at each
+    system's best step (its knee, or its first step)."""
     entries = []
     for target, result in by_target.items():
         best = _best(result["steps"])
         if best is not None:
-            entries.append((f"{target} at {best['rate']:g}/s", best["processes"]))
-    return [
+            entries.append((f"{target} at {best['rate']:g}/s", best))
+    lines = [
         "CPU per message sent, in microseconds, at each system's knee (or first step), and peak RSS:",
         "",
-        *cost_table(entries),
+        *cost_table([(label, step["processes"]) for label, step in entries]),
+        "",
+        "The same steps: every process's CPU but the load generator's, and what the broker and the"
+        " database counted, per message sent:",
+        "",
+        *work_table(entries),
     ]
+    return lines
+
+
+def work_table(entries: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Per entry (a label and a step or one-off result): CPU of the system (every process but the
+    load generator), broker publishes, routings, deliveries and acks and database rows and
+    commits, per message."""
+    lines = [
+        "| system | µs CPU / message | broker publishes / message | broker routed"
+        " | broker deliveries | broker acks | rows written / message | commits / message |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    errors = set()
+    for label, step in entries:
+        # Messages: a rate step's sent, an offline flush's backlog, a storm's (one per session).
+        units = step.get("sent", step.get("backlog", step.get("sessions", 0)))
+        cpu = system_cpu_us(step, units)
+        cells = [label, "–" if cpu is None else f"{cpu:,.0f}"]
+        queued = step.get("broker_per_message")
+        for key in ("publishes", "routed", "deliveries", "acks"):
+            cells.append("–" if queued is None else f"{queued[key]:,.2f}")
+        if queued is None:
+            errors.add(step.get("broker_error", "not measured in this run"))
+        written = step.get("database_per_message")
+        for key in ("rows", "commits"):
+            cells.append("–" if written is None else f"{written[key]:,.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if errors:
+        lines += ["", f"No broker figures: {'; '.join(sorted(errors))}."]
+    return lines
 
 
 def cost_table(entries: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -215,7 +270,16 @@ def once_section(name: str, by_target: dict[str, Any]) -> list[str]:
         text, _ = headline(name, result)
         reordered = result.get("out_of_order", "–")
         lines.append(f"| {target} | {text} | {result['lost']} | {result['duplicates']} | {reordered} |")
-    lines += ["", *cost_table([(target, result["processes"]) for target, result in by_target.items()]), ""]
+    lines += [
+        "",
+        *cost_table([(target, result["processes"]) for target, result in by_target.items()]),
+        "",
+        "Every process's CPU but the load generator's, and what the broker and the database counted,"
+        " per message delivered:",
+        "",
+        *work_table(list(by_target.items())),
+        "",
+    ]
     return lines
 
 

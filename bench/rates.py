@@ -1,4 +1,5 @@
-"""Scenarios driven at a rate: pairs in direct chats, one large group, one very large group.
+"""Scenarios driven at a rate: pairs in direct chats, a busy group with many senders, one large
+group, one very large group.
 
 Each is prepared once per target (users connected, chats created), then driven step by step up
 a rate ladder: each step sends open-loop for its duration, waits for every delivery, and is
@@ -10,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from hdrh.histogram import HdrHistogram
 
 from bench import broker
 from bench.load import Ledger, Session, close_all, open_loop, open_sessions, summary
@@ -48,6 +51,11 @@ class RateScenario:
 
     async def prepare(self, target: Target) -> Prepared:
         raise NotImplementedError
+
+    def latency(self, ledger: Ledger, prepared: Prepared) -> HdrHistogram:
+        """The histogram the scenario's figure (and its target) is about: send -> receive, or
+        send -> the last member when a message has several recipients."""
+        return ledger.to_last if prepared.fan_out > 1 else ledger.to_each
 
     def describe(self) -> dict[str, Any]:
         return {"what": self.what, "figure": self.figure, "target_p99_ms": self.target_p99_ms}
@@ -89,6 +97,33 @@ class Group(RateScenario):
             return sessions[0], chat, recipients
 
         return Prepared(sessions, route, len(recipients))
+
+
+@dataclass
+class BusyChat(RateScenario):
+    """One group where several members talk at once and the rest read: what a sender waits for
+    is its own confirmation (`message_sent`), while every message also fans out to the group."""
+
+    senders: int = 10
+
+    async def prepare(self, target: Target) -> Prepared:
+        users = [unique("c") for _ in range(self.size)]
+        # Members connect before the group exists, as in Group: presence would otherwise tell
+        # every online member about every other one coming online.
+        sessions = await open_sessions(target.ws_urls, users, target.secret, None)
+        [chat] = await target.create_chats([(users[0], users[1:], "group")])
+        senders = min(self.senders, len(users))
+        # Each sender's recipients: every other member (one session each, so no echo to expect).
+        recipients = [[u for u in users if u != users[i]] for i in range(senders)]
+
+        def route(n: int) -> Route:
+            i = n % senders
+            return sessions[i], chat, recipients[i]
+
+        return Prepared(sessions, route, len(users) - 1)
+
+    def latency(self, ledger: Ledger, prepared: Prepared) -> HdrHistogram:
+        return ledger.to_confirm
 
 
 @dataclass
@@ -142,7 +177,7 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
     drain = time.perf_counter() - drained_at
     processes = usage.stop()
     after = await counts(target)
-    figure = ledger.to_last if prepared.fan_out > 1 else ledger.to_each
+    figure = scenario.latency(ledger, prepared)
     latency = summary(figure)
     result: dict[str, Any] = {
         "rate": rate,

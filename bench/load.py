@@ -57,6 +57,8 @@ class Message:
     due: float
     waiting: set[str]
     last: float = 0.0
+    # Whether its sender's `message_sent` has come (the first one is the one timed).
+    confirmed: bool = False
 
 
 @dataclass
@@ -65,9 +67,11 @@ class Ledger:
 
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     messages: dict[int, Message] = field(default_factory=dict)
-    # Send -> the last member to receive it (the group scenarios' figure), and send -> each member.
+    # Send -> the last member to receive it (the group scenarios' figure), send -> each member,
+    # and send -> the sender's `message_sent` (what a sender waits for before showing it sent).
     to_last: HdrHistogram = field(default_factory=histogram)
     to_each: HdrHistogram = field(default_factory=histogram)
+    to_confirm: HdrHistogram = field(default_factory=histogram)
     confirmed: int = 0
     unconfirmed: int = 0
     duplicates: int = 0
@@ -93,9 +97,21 @@ class Ledger:
         if confirmed:
             self._confirmed.clear()
 
-    def confirm(self) -> None:
+    def temp_id(self, n: int) -> str:
+        """The tempId send n goes out with: `confirm` reads n back from the `message_sent`."""
+        return f"{self.run}-{n}"
+
+    def confirm(self, temp_id: object, now: float) -> None:
+        """A `message_sent` arrived at `now`. Every one counts towards `confirmed` (a repeated
+        one shows as more confirmations than sends); only the first for a send of this run is
+        timed, from when that send was due."""
         self.confirmed += 1
         self.unconfirmed -= 1
+        run, _, n = str(temp_id).rpartition("-")
+        message = self.messages.get(int(n)) if run == self.run and n.isdigit() else None
+        if message is not None and not message.confirmed:
+            message.confirmed = True
+            self.to_confirm.record_value(max(LOWEST_US, int((now - message.due) * 1e6)))
         self._check()
 
     def number(self, content: str) -> int | None:
@@ -200,7 +216,7 @@ class Session:
                     self.flushed.set()
                 elif event == "message_sent":
                     if self.ledger is not None:
-                        self.ledger.confirm()
+                        self.ledger.confirm(data.get("tempId"), time.perf_counter())
                 elif event in ("message_error", "error") and self.ledger is not None:
                     self.ledger.errors[f"{event}:{data.get('code')}"] += 1
 

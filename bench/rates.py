@@ -1,4 +1,5 @@
-"""Scenarios driven at a rate: pairs in direct chats, one large group, one very large group.
+"""Scenarios driven at a rate: pairs in direct chats, a busy group with many senders, one large
+group, one very large group.
 
 Each is prepared once per target (users connected, chats created), then driven step by step up
 a rate ladder: each step sends open-loop for its duration, waits for every delivery, and is
@@ -11,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hdrh.histogram import HdrHistogram
+
+from bench import broker
 from bench.load import Ledger, Session, close_all, open_loop, open_sessions, summary
 from bench.targets import Target
 from bench.usage import Usage
@@ -47,6 +51,11 @@ class RateScenario:
 
     async def prepare(self, target: Target) -> Prepared:
         raise NotImplementedError
+
+    def latency(self, ledger: Ledger, prepared: Prepared) -> HdrHistogram:
+        """The histogram the scenario's figure (and its target) is about: send -> receive, or
+        send -> the last member when a message has several recipients."""
+        return ledger.to_last if prepared.fan_out > 1 else ledger.to_each
 
     def describe(self) -> dict[str, Any]:
         return {"what": self.what, "figure": self.figure, "target_p99_ms": self.target_p99_ms}
@@ -90,26 +99,86 @@ class Group(RateScenario):
         return Prepared(sessions, route, len(recipients))
 
 
+@dataclass
+class BusyChat(RateScenario):
+    """One group where several members talk at once and the rest read: what a sender waits for
+    is its own confirmation (`message_sent`), while every message also fans out to the group."""
+
+    senders: int = 10
+
+    async def prepare(self, target: Target) -> Prepared:
+        users = [unique("c") for _ in range(self.size)]
+        # Members connect before the group exists, as in Group: presence would otherwise tell
+        # every online member about every other one coming online.
+        sessions = await open_sessions(target.ws_urls, users, target.secret, None)
+        [chat] = await target.create_chats([(users[0], users[1:], "group")])
+        senders = min(self.senders, len(users))
+        # Each sender's recipients: every other member (one session each, so no echo to expect).
+        recipients = [[u for u in users if u != users[i]] for i in range(senders)]
+
+        def route(n: int) -> Route:
+            i = n % senders
+            return sessions[i], chat, recipients[i]
+
+        return Prepared(sessions, route, len(users) - 1)
+
+    def latency(self, ledger: Ledger, prepared: Prepared) -> HdrHistogram:
+        return ledger.to_confirm
+
+
+@dataclass
+class Counts:
+    """What the database and the broker had done at one moment (their own counters)."""
+
+    database: dict[str, int]
+    rabbitmq: broker.Reading
+
+
+async def counts(target: Target) -> Counts:
+    """Read both; the broker first: its CLI takes about a second, time the database's backends
+    need to report their last writes to pg_stat_database. Read outside the CPU window (the
+    CLI's own Erlang VM would count as broker or machine CPU otherwise)."""
+    reading = await broker.read()
+    return Counts(await target.database_writes(), reading)
+
+
+def work(before: Counts, after: Counts, units: int) -> dict[str, Any]:
+    """Rows and commits, broker publishes, routings, deliveries and acks per unit (a message
+    sent, or one delivered), with why the broker's are missing when they are."""
+    per_broker, error = broker.per_unit(before.rabbitmq, after.rabbitmq, units)
+    result: dict[str, Any] = {
+        "database_per_message": {
+            key: round((after.database[key] - before.database[key]) / units, 2) if units else 0.0
+            for key in ("commits", "rows")
+        },
+        "broker_per_message": per_broker,
+    }
+    if error:
+        result["broker_error"] = error
+    return result
+
+
 async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate: float) -> dict[str, Any]:
     ledger = Ledger()
     for session in prepared.sessions:
         session.ledger = ledger
+    before = await counts(target)
     usage = Usage.of(target.processes)
-    writes = await target.database_writes()
     usage.start()
 
     async def send(n: int, due: float) -> None:
         sender, chat, recipients = prepared.route(n)
         ledger.expect(n, chat, due, recipients)
-        await sender.send_message(chat, ledger.content(n, PADDING), f"{ledger.run}-{n}")
+        await sender.send_message(chat, ledger.content(n, PADDING), ledger.temp_id(n))
 
     schedule = await open_loop(rate, scenario.seconds, send)
     drained_at = time.perf_counter()
     settled = await ledger.settled(DRAIN_SECONDS)
     drain = time.perf_counter() - drained_at
     processes = usage.stop()
-    written = await target.database_writes()
-    latency = summary(ledger.to_last if prepared.fan_out > 1 else ledger.to_each)
+    after = await counts(target)
+    figure = scenario.latency(ledger, prepared)
+    latency = summary(figure)
     result: dict[str, Any] = {
         "rate": rate,
         "seconds": scenario.seconds,
@@ -126,11 +195,10 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
         "drain_seconds": round(drain, 2),
         "latency_ms": latency,
         "to_each_ms": summary(ledger.to_each),
-        "histogram": (ledger.to_last if prepared.fan_out > 1 else ledger.to_each).encode().decode(),
+        "to_confirm_ms": summary(ledger.to_confirm),
+        "histogram": figure.encode().decode(),
         "processes": per_message(processes, schedule.sent),
-        "database_per_message": {
-            key: round((written[key] - writes[key]) / schedule.sent, 2) for key in ("commits", "rows")
-        },
+        **work(before, after, schedule.sent),
     }
     generator = processes["load generator"]["cores"]
     # One Python process does at most one core of work; near it, the generator is the limit.
@@ -168,11 +236,17 @@ async def ladder(target: Target, scenario: RateScenario, log: Callable[[str], No
             result = await step(target, prepared, scenario, rate)
             steps.append(result)
             latency = result["latency_ms"]
+            confirm = result["to_confirm_ms"]
             other = result["processes"]["machine"]["other_cores"]
+            published = (result["broker_per_message"] or {}).get("publishes", "-")
+            if "broker_error" in result:
+                log(f"  no broker counters: {result['broker_error']}")
             log(
                 f"  {target.name} {scenario.name} {rate:g}/s (other load {other:.2f} core):"
                 f" p50 {latency.get('p50', 0):.1f} ms"
-                f" p99 {latency.get('p99', 0):.1f} ms lost {result['lost']} dup {result['duplicates']}"
+                f" p99 {latency.get('p99', 0):.1f} ms (message_sent p50 {confirm.get('p50', 0):.1f}"
+                f" p99 {confirm.get('p99', 0):.1f}) publishes/msg {published}"
+                f" lost {result['lost']} dup {result['duplicates']}"
                 f" errors {sum(result['errors'].values())} achieved {result['achieved_rate']:g}/s"
                 f" generator {result['processes']['load generator']['cores']:.2f} core"
                 f" -> {'held' if result['held'] else 'not held'}"

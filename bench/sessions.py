@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.load import Ledger, Session, close_all, histogram, open_loop, open_sessions, summary
-from bench.rates import PADDING, per_message
+from bench.rates import PADDING, counts, per_message, work
 from bench.targets import Target
 from bench.usage import Usage
 from tests.integration.client import unique
@@ -35,7 +35,7 @@ async def queue_backlog(
         ledger.expect(n, chat, due, [recipient])
         if echo is not None:
             echoed.expect(n, chat, due, [sender.user], confirmed=False)
-        await sender.send_message(chat, ledger.content(n, PADDING), f"{ledger.run}-{n}")
+        await sender.send_message(chat, ledger.content(n, PADDING), ledger.temp_id(n))
 
     await open_loop(BACKLOG_RATE, len(plan) / BACKLOG_RATE, send)
     # The recipients are offline: only the confirmations and the echoes can come now.
@@ -54,6 +54,7 @@ async def offline_flush(target: Target, backlog: int, log: Callable[[str], None]
     ledger = Ledger()
     stored = await queue_backlog(target, senders[0], echo, [(chat, recipient)] * backlog, ledger)
 
+    before = await counts(target)
     usage = Usage.of(target.processes)
     usage.start()
     started = time.perf_counter()
@@ -62,6 +63,7 @@ async def offline_flush(target: Target, backlog: int, log: Callable[[str], None]
     settled = await ledger.settled(WAIT_SECONDS)
     seconds = time.perf_counter() - started
     processes = per_message(usage.stop(), backlog)
+    after = await counts(target)
     await close_all([*senders, session])
     result = {
         "backlog": backlog,
@@ -74,6 +76,8 @@ async def offline_flush(target: Target, backlog: int, log: Callable[[str], None]
         "duplicates": ledger.duplicates,
         "out_of_order": ledger.out_of_order,
         "processes": processes,
+        # Per message flushed, that is per delivery.
+        **work(before, after, backlog),
     }
     result["held"] = bool(
         settled and result["lost"] == 0 and result["duplicates"] == 0 and result["out_of_order"] == 0
@@ -138,6 +142,7 @@ async def reconnect_storm(target: Target, count: int, log: Callable[[str], None]
     ledger = Ledger()
     await queue_backlog(target, senders[0], echo, list(zip(chats, users, strict=True)), ledger)
 
+    before = await counts(target)
     usage = Usage.of(target.processes)
     usage.start()
     started = time.perf_counter()
@@ -150,6 +155,7 @@ async def reconnect_storm(target: Target, count: int, log: Callable[[str], None]
     settled = await ledger.settled(WAIT_SECONDS)
     seconds = time.perf_counter() - started
     processes = per_message(usage.stop(), count)
+    after = await counts(target)
     await asyncio.gather(close_all(sessions), close_all(senders))
     result = {
         "sessions": count,
@@ -160,6 +166,8 @@ async def reconnect_storm(target: Target, count: int, log: Callable[[str], None]
         "lost": ledger.lost(),
         "duplicates": ledger.duplicates,
         "processes": processes,
+        # Per queued message, one for each session: per delivery.
+        **work(before, after, count),
     }
     result["held"] = bool(settled and result["lost"] == 0 and result["duplicates"] == 0)
     each = summary(ready)

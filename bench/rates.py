@@ -14,7 +14,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from bench import broker
+from bench import broker, pipeline
 from bench.load import Ledger, Session, close_all, open_loop, open_sessions, summary
 from bench.targets import Target
 from bench.usage import Usage
@@ -163,6 +163,7 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
     for session in prepared.sessions:
         session.ledger = ledger
     before = await counts(target)
+    metrics_before = await pipeline.read(target.metrics_urls)
     usage = Usage.of(target.processes)
     usage.start()
 
@@ -176,6 +177,7 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
     settled = await ledger.settled(DRAIN_SECONDS)
     drain = time.perf_counter() - drained_at
     processes = usage.stop()
+    metrics_after = await pipeline.read(target.metrics_urls)
     after = await counts(target)
     figure = scenario.latency(ledger, prepared)
     latency = summary(figure)
@@ -199,6 +201,7 @@ async def step(target: Target, prepared: Prepared, scenario: RateScenario, rate:
         "histogram": figure.encode().decode(),
         "processes": per_message(processes, schedule.sent),
         **work(before, after, schedule.sent),
+        "pipeline": pipeline.summarize(metrics_before, metrics_after, schedule.sent),
     }
     generator = processes["load generator"]["cores"]
     # One Python process does at most one core of work; near it, the generator is the limit.

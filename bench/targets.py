@@ -9,7 +9,7 @@ import contextlib
 import os
 import resource
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -66,6 +66,8 @@ class Target:
     # Whether a sender's other devices get a copy of its own messages (Switchboard does; the
     # baseline, like the guide it follows, does not).
     echoes_to_sender: bool
+    # Where each process serves its Prometheus metrics (Switchboard's; none for the baseline).
+    metrics_urls: dict[str, str] = field(default_factory=dict)
 
     async def database_writes(self) -> dict[str, int]:
         """Transactions committed and rows written so far in this target's database, from
@@ -120,6 +122,7 @@ async def switchboard(gateways: int = 2, instances: int = 1) -> AsyncIterator[Ta
             "gateway-0",
             urlsplit(system.database_url).path.lstrip("/"),
             echoes_to_sender=True,
+            metrics_urls={name: process.url for name, process in system.processes.items()},
         )
 
 

@@ -122,17 +122,20 @@ async def test_a_gateway_that_dies_or_stops_loses_no_message(crashing_system: Sy
         for i in range(5):
             await alice.send_message(chat, f"while gone {i}")
         await alice.wait(lambda _: len(alice.of("message_delivery_info")) == 6)
+
         # Once presence has missed the gateway's heartbeats, Bob is offline: Alice, his contact,
         # hears it, and a send counts him queued. The offline reaches delivery on its own path,
         # so the first send after the frame may still beat it; a few are allowed for that.
-        await alice.wait(
-            lambda _: any(p["user_id"] == b and p["status"] == "offline" for p in alice.of("presence")), timeout=60
-        )
+        def offline(_: object) -> bool:
+            return any(p["user_id"] == b and p["status"] == "offline" for p in alice.of("presence"))
+
+        await alice.wait(offline, timeout=60)
         later = 0
         while later < 3:
             later += 1
             await alice.send_message(chat, f"while gone {4 + later}")
-            await alice.wait(lambda _: len(alice.of("message_delivery_info")) == 6 + later)
+            infos = 6 + later
+            await alice.wait(lambda _, infos=infos: len(alice.of("message_delivery_info")) == infos)
             if alice.of("message_delivery_info")[-1]["queued"] == 1:
                 break
         assert alice.of("message_delivery_info")[-1]["queued"] == 1

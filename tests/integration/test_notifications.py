@@ -11,12 +11,11 @@ import aio_pika
 import pytest
 import uvicorn
 from aio_pika.abc import AbstractIncomingMessage
+from pydantic_core import to_json
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-
-from pydantic_core import to_json
 
 from switchboard_contracts.batches import decode_events
 from switchboard_contracts.events import (

@@ -139,19 +139,20 @@ def unpack_route(body: bytes) -> list[RouteFrame]:
 
 def route_messages(
     frames: Sequence[RouteFrame], max_keys: int = MAX_KEYS_PER_MESSAGE
-) -> list[tuple[list[str], bytes]]:
-    """The messages to publish for these frames, in order: (routing keys, packed body) each.
+) -> list[tuple[list[str], bytes, int]]:
+    """The messages to publish for these frames, in order: (routing keys, packed body, frames in
+    it) each.
 
     Frames go into one message until it would name more than `max_keys` routing keys; a frame for
     more users than that alone is split into several of the same frame, each for a share of them.
     """
-    messages: list[tuple[list[str], bytes]] = []
+    messages: list[tuple[list[str], bytes, int]] = []
     batch: list[RouteFrame] = []
     keys: dict[str, None] = {}
 
     def close() -> None:
         if batch:
-            messages.append((list(keys), pack_route(batch)))
+            messages.append((list(keys), pack_route(batch), len(batch)))
             batch.clear()
             keys.clear()
 

@@ -15,6 +15,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from pamqp.commands import Basic
+from prometheus_client import Counter
 
 from switchboard_contracts.batches import BATCH_CONTENT_TYPE, EVENT_CONTENT_TYPE, encode_batch
 from switchboard_contracts.events import Envelope
@@ -27,6 +28,15 @@ from .retry import connect_retrying
 __all__ = ["DELIVERY_LIMIT", "Bus", "declare_service_queues", "encode_envelope", "queue_arguments"]
 
 log = structlog.get_logger()
+
+PUBLISHED = Counter(
+    "switchboard_published_messages_total", "Broker messages published, by exchange", ["exchange"]
+)
+PUBLISHED_EVENTS = Counter(
+    "switchboard_published_events_total",
+    "Events (or frames, on the route exchange) those messages carried, by exchange",
+    ["exchange"],
+)
 
 # A message that kills its consumer before it can be acked comes back on every restart; quorum
 # queues count redeliveries and dead-letter it past this limit instead of crash-looping. 20 is
@@ -174,9 +184,10 @@ class Bus:
             message_id=uuid4().hex,
             persistent=True,
             content_type=BATCH_CONTENT_TYPE,
+            events=len(events),
         )
 
-    async def publish_route(self, keys: Sequence[str], body: bytes) -> None:
+    async def publish_route(self, keys: Sequence[str], body: bytes, frames: int = 1) -> None:
         """A packed batch of frames (routing.py) to every gateway bound to any of `keys`.
 
         The first key is the routing key, the others go in `BCC`: the broker routes on all of
@@ -185,7 +196,7 @@ class Bus:
         headers: dict[str, Any] = {Headers.KIND: Kind.BATCH}
         if len(keys) > 1:
             headers["BCC"] = list(keys[1:])
-        await self.publish("route", keys[0], body, headers=headers)
+        await self.publish("route", keys[0], body, headers=headers, events=frames)
 
     async def publish(
         self,
@@ -198,6 +209,7 @@ class Bus:
         persistent: bool = False,
         mandatory: bool = False,
         content_type: str = EVENT_CONTENT_TYPE,
+        events: int = 1,
     ) -> bool:
         """Publish and wait for the confirm; True when the broker routed it to at least one queue.
 
@@ -220,6 +232,8 @@ class Bus:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{self.channel!r} closed")
         # aiormq's abstract channel does not declare `wait`; its one implementation has it.
         channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+        PUBLISHED.labels(exchange).inc()
+        PUBLISHED_EVENTS.labels(exchange).inc(events)
         result = await channel.basic_publish(
             body,
             exchange=self._exchanges[exchange].name,

@@ -94,7 +94,7 @@ async def publish_after_commit(bus: Bus, outbox: Outbox) -> None:
     """The frames and route messages of a committed unit of work, in the order they were added
     (frames first), their confirms awaited together."""
     publishes: list[Awaitable[object]] = [
-        bus.publish_route(keys, body) for keys, body in route_messages(outbox.frames)
+        bus.publish_route(keys, body, frames) for keys, body, frames in route_messages(outbox.frames)
     ]
     publishes += [
         bus.publish("route", message.routing_key, message.body, headers=message.headers)

@@ -23,7 +23,8 @@ class Store:
     async def beat(self, gateway_ids: Sequence[str], now: datetime) -> set[str]:
         """Record a sign of life of each; returns those presence did not know (new, or expired)."""
         rows = await self.conn.fetch(
-            "INSERT INTO gateways (gateway_id, last_heartbeat) SELECT DISTINCT unnest($1::text[]), $2::timestamptz"
+            "INSERT INTO gateways (gateway_id, last_heartbeat)"
+            " SELECT DISTINCT unnest($1::text[]), $2::timestamptz"
             " ON CONFLICT (gateway_id) DO UPDATE"
             " SET last_heartbeat = GREATEST(gateways.last_heartbeat, EXCLUDED.last_heartbeat)"
             # xmax = 0 on a freshly inserted row.

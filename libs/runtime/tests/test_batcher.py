@@ -1,0 +1,84 @@
+"""Group commit: one publish in flight per routing key, what gathers meanwhile goes next."""
+
+import asyncio
+from typing import cast
+
+import pytest
+
+from switchboard_contracts.events import GatewayHeartbeat
+from switchboard_contracts.topology import Topology
+from switchboard_runtime.amqp import Bus
+from switchboard_runtime.batcher import MAX_BATCH_EVENTS, EventBatcher
+
+
+class Broker:
+    """Stands in for the bus's publish: records each batch, confirms when the test says so."""
+
+    def __init__(self) -> None:
+        self.topology = Topology("test", 4)
+        self.batches: list[tuple[str, list[bytes]]] = []
+        self.confirm = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def publish_batch(self, routing_key: str, events: list[bytes]) -> None:
+        self.batches.append((routing_key, list(events)))
+        await self.confirm.wait()
+        if self.fail is not None:
+            raise self.fail
+
+
+def batcher(broker: Broker) -> EventBatcher:
+    return EventBatcher(cast(Bus, broker), source="test")
+
+
+async def test_a_lone_event_leaves_at_once_in_a_batch_of_one() -> None:
+    broker = Broker()
+    broker.confirm.set()
+    await batcher(broker).add("k", b"1")
+    assert broker.batches == [("k", [b"1"])]
+
+
+async def test_events_of_one_turn_go_together_and_those_during_a_publish_go_next() -> None:
+    broker = Broker()
+    events = batcher(broker)
+    first = [events.add("k", b"1"), events.add("k", b"2")]
+    # The turn ends (a yield to the loop, not a wait for time): the first batch leaves and waits
+    # for its confirm, which the test holds back.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert broker.batches == [("k", [b"1", b"2"])]
+    later = [events.add("k", b"3"), events.add("k", b"4"), events.add("other", b"x")]
+    broker.confirm.set()
+    await asyncio.gather(*first, *later)
+    by_key: dict[str, list[list[bytes]]] = {}
+    for key, batch in broker.batches:
+        by_key.setdefault(key, []).append(batch)
+    assert by_key == {"k": [[b"1", b"2"], [b"3", b"4"]], "other": [[b"x"]]}
+
+
+async def test_a_batch_holds_at_most_the_limit() -> None:
+    broker = Broker()
+    broker.confirm.set()
+    events = batcher(broker)
+    await asyncio.gather(*(events.add("k", b"e") for _ in range(MAX_BATCH_EVENTS + 1)))
+    assert [len(batch) for _, batch in broker.batches] == [MAX_BATCH_EVENTS, 1]
+
+
+async def test_a_failed_publish_fails_every_event_of_its_batch() -> None:
+    broker = Broker()
+    broker.fail = ConnectionError("broker away")
+    broker.confirm.set()
+    events = batcher(broker)
+    futures = [events.add("k", b"1"), events.add("k", b"2")]
+    for future in futures:
+        with pytest.raises(ConnectionError):
+            await future
+
+
+async def test_emit_logged_reports_a_failure_to_its_callback() -> None:
+    broker = Broker()
+    broker.fail = ConnectionError("broker away")
+    broker.confirm.set()
+    failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+    batcher(broker).emit_logged(GatewayHeartbeat(gateway_id="g", sessions=1), on_error=failed.set_result)
+    assert isinstance(await asyncio.wait_for(failed, 5), ConnectionError)

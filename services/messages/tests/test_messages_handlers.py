@@ -1,0 +1,111 @@
+"""The send handler with its store in memory: what a batch of sends writes and emits."""
+
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+from uuid import UUID, uuid4
+
+import orjson
+
+from switchboard_contracts.events import Envelope, MessageSent, MessageStored, Origin
+from switchboard_contracts.models import MessageOut
+from switchboard_contracts.routing import Reply
+from switchboard_messages.domain import BatchFacts, ChatState
+from switchboard_messages.handlers import on_messages_sent
+from switchboard_messages.store import Store
+from switchboard_runtime.uow import Outbox, UnitOfWork
+
+ORIGIN = Origin(gateway_id="gw-1", session_id="s-1")
+
+
+class MemoryStore:
+    """The part of `Store` the send handler uses, over dicts."""
+
+    def __init__(self) -> None:
+        self.chats: dict[UUID, ChatState] = {}
+        self.members: set[tuple[UUID, str]] = set()
+        self.messages: dict[tuple[str, str], MessageOut] = {}
+        self.log: list[tuple[UUID, int, Envelope]] = []
+
+    async def lock_chats(self, chat_ids: Collection[UUID]) -> list[UUID]:
+        return sorted(chat for chat in chat_ids if chat in self.chats)
+
+    async def send_facts(self, locked: Sequence[UUID], sends: Sequence[MessageSent]) -> BatchFacts:
+        return BatchFacts(
+            chats={chat: self.chats[chat] for chat in locked},
+            memberships={(s.chat_id, s.sender_id) for s in sends if (s.chat_id, s.sender_id) in self.members},
+            stored={
+                key: self.messages[key]
+                for s in sends
+                if (key := (s.sender_id, str(s.temp_id))) in self.messages
+            },
+            replies=set(),
+        )
+
+    async def store_messages(
+        self, messages: Sequence[tuple[MessageOut, str]], events: Sequence[tuple[UUID, int, Envelope]]
+    ) -> None:
+        for message, temp_id in messages:
+            self.messages[(message.sender_id, temp_id)] = message
+            chat = self.chats[message.chat_id]
+            self.chats[message.chat_id] = ChatState(chat.id, chat.type, chat.version + 1, message.seq)
+        self.log.extend(events)
+
+
+def send(chat_id: UUID, sender: str, temp_id: str) -> MessageSent:
+    return MessageSent(
+        chat_id=chat_id,
+        sender_id=sender,
+        temp_id=temp_id,
+        content="hi",
+        message_type="text",
+        reply_to=None,
+        origin=ORIGIN,
+    )
+
+
+def frame(reply: Any) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(reply.frame)
+    return data
+
+
+async def test_a_batch_stores_members_sends_refuses_strangers_and_answers_a_retry_itself() -> None:
+    store = MemoryStore()
+    chat = uuid4()
+    store.chats[chat] = ChatState(chat, "group", version=3, last_seq=41)
+    store.members |= {(chat, "ann"), (chat, "bob")}
+    earlier = MessageOut(
+        id=uuid4(),
+        chat_id=chat,
+        seq=41,
+        sender_id="bob",
+        content="before",
+        message_type="text",
+        reply_to=None,
+        created_at=datetime.now(UTC),
+    )
+    store.messages[("bob", "t-old")] = earlier
+    uow = UnitOfWork(cast(Store, store), Outbox("messages", partitions=4))
+
+    await on_messages_sent(
+        [
+            send(chat, "ann", "t1"),
+            send(chat, "eve", "t2"),
+            send(chat, "bob", "t-old"),
+            send(chat, "ann", "t3"),
+        ],
+        uow,
+    )
+
+    # Two stored, with the chat's next seqs, each an event in the log and in the outbox.
+    assert [(s, v, e.data["message"]["seq"]) for s, v, e in store.log] == [(chat, 4, 42), (chat, 5, 43)]
+    assert [key.rsplit(".", 1)[0] for key in uow.outbox.keys] == [MessageStored.TYPE] * 2
+    # Their `message_sent` goes out with their delivery; here only the refusal and the retry.
+    replies = [frame(r) for r in uow.outbox.frames]
+    assert all(isinstance(r, Reply) and r.session_id == "s-1" for r in uow.outbox.frames)
+    assert [(r["event"], r["data"]["tempId"]) for r in replies] == [
+        ("message_error", "t2"),
+        ("message_sent", "t-old"),
+    ]
+    assert replies[0]["data"]["code"] == "not_a_member"
+    assert replies[1]["data"]["message"]["id"] == str(earlier.id)

@@ -44,7 +44,8 @@ NEXT_PAGE_WATERMARK = 100
 # queue flush already did. A sync starts right after connecting, so the last 10,000 cover it.
 RECENT_IDS = 10_000
 
-Send = Callable[[str], Awaitable[None]]
+# Writes frames to the socket, all that were waiting at once (ws.py `frame_sender`).
+Send = Callable[[list[bytes]], Awaitable[None]]
 Close = Callable[[int, str], Coroutine[Any, Any, None]]
 
 _background: set[asyncio.Task[None]] = set()
@@ -114,9 +115,11 @@ class Session:
     async def _write_loop(self) -> None:
         frames = self._frames
         while frames:
-            frame = frames.popleft()
-            self._bytes -= len(frame)
-            await self.send(frame.decode())
+            # Everything waiting goes in one write; what comes meanwhile, in the next.
+            burst = list(frames)
+            frames.clear()
+            self._bytes -= sum(map(len, burst))
+            await self.send(burst)
             if self._has_room():
                 self._room_made()
             self._maybe_request_page()

@@ -4,6 +4,7 @@ frames until close."""
 import asyncio
 import contextlib
 import functools
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,7 @@ from .handlers import FRAME_HANDLERS, temp_id_of
 from .limits import Limits, ReadPace
 from .metrics import FRAMES
 from .sessions import Session
+from .ws_protocol import SEND_FRAMES
 
 __all__ = ["websocket_endpoint"]
 
@@ -113,7 +115,7 @@ async def _serve(gateway: Gateway, limits: Limits, ws: WebSocket) -> None:
         counted = user_id
         session = Session(
             user_id=user_id,
-            send=ws.send_text,
+            send=frame_sender(ws),
             close=lambda code, reason: _close(ws, code, reason),
             buffer_limit=gateway.settings.send_buffer_frames,
             buffer_bytes_limit=gateway.settings.send_buffer_bytes,
@@ -161,6 +163,23 @@ async def _serve(gateway: Gateway, limits: Limits, ws: WebSocket) -> None:
                         closed_at=datetime.now(UTC),
                     )
                 )
+
+
+def frame_sender(ws: WebSocket) -> Callable[[list[bytes]], Awaitable[None]]:
+    """How a session writes its frames to this socket: all waiting frames in one write, through
+    the protocol's own `send_frames` (ws_protocol.py) where the server offers it, else one
+    ASGI send each (another ASGI server)."""
+    send_frames: Callable[[list[bytes]], Awaitable[None]] | None = ws.scope.get("extensions", {}).get(
+        SEND_FRAMES
+    )
+    if send_frames is not None:
+        return send_frames
+
+    async def one_by_one(frames: list[bytes]) -> None:
+        for frame in frames:
+            await ws.send_text(frame.decode())
+
+    return one_by_one
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:

@@ -17,8 +17,8 @@ class Sink:
         self.changed = asyncio.Event()
         self.pages: list[int] = []
 
-    async def send(self, frame: str) -> None:
-        self.frames.append(frame)
+    async def send(self, frames: list[bytes]) -> None:
+        self.frames.extend(frame.decode() for frame in frames)
         self.changed.set()
 
     async def close(self, code: int, reason: str) -> None:
@@ -142,7 +142,7 @@ async def test_a_client_that_stops_reading_is_dropped_not_buffered_forever() -> 
     sink = Sink()
     never = asyncio.Event()
 
-    async def stuck(frame: str) -> None:
+    async def stuck(frames: list[bytes]) -> None:
         await never.wait()
 
     session = Session("ann", stuck, sink.close, buffer_limit=3)
@@ -191,9 +191,9 @@ async def test_room_waits_until_the_socket_took_the_buffer() -> None:
     sink = Sink()
     blocked = asyncio.Event()
 
-    async def slow_send(frame: str) -> None:
+    async def slow_send(frames: list[bytes]) -> None:
         await blocked.wait()
-        await sink.send(frame)
+        await sink.send(frames)
 
     session = Session("ann", slow_send, sink.close, buffer_limit=500)
     session.start()

@@ -63,6 +63,9 @@ def main() -> None:
         "--instances", type=int, default=1, choices=range(1, 5), help="of messages and delivery each (1-4)"
     )
     parser.add_argument(
+        "--partitions", type=int, help="Switchboard's CHAT_PARTITIONS (default: the services' own default)"
+    )
+    parser.add_argument(
         "--sessions",
         type=lambda text: [int(n) for n in text.split(",")],
         help="the idle-sessions levels, e.g. 2000,5000 (default 5000,10000,19500; 300 short)",
@@ -77,11 +80,19 @@ def main() -> None:
     out = args.out or report.ROOT / "bench" / "results" / (f"{stamp}-short" if args.short else stamp)
     command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
     results = asyncio.run(
-        run(sizes, scenarios, targets, log, with_floor=not args.no_floor, instances=args.instances)
+        run(
+            sizes,
+            scenarios,
+            targets,
+            log,
+            with_floor=not args.no_floor,
+            instances=args.instances,
+            partitions=args.partitions,
+        )
     )
     results["command"] = command
     # Only a full run of everything speaks for the whole suite in the docs.
-    complete = not args.short and args.instances == 1
+    complete = not args.short and args.instances == 1 and args.partitions is None
     complete = complete and not (args.scenario or args.target or args.seconds or args.rates or args.sessions)
     print(report.write(results, out, command, update_docs=complete))
     log(f"results in {out}")

@@ -145,9 +145,11 @@ SCENARIOS = (
 )
 
 
-async def run_scenario(name: str, target: str, sizes: Sizes, log: Log, instances: int) -> dict[str, Any]:
+async def run_scenario(
+    name: str, target: str, sizes: Sizes, log: Log, instances: int, partitions: int | None = None
+) -> dict[str, Any]:
     start = TARGETS[target]
-    async with start(instances=instances) as system:
+    async with start(instances=instances, partitions=partitions) as system:
         rated = {
             "pairs": sizes.pairs,
             "busy chat": sizes.busy_chat,
@@ -174,9 +176,15 @@ async def run(
     *,
     with_floor: bool = True,
     instances: int = 1,
+    partitions: int | None = None,
 ) -> dict[str, Any]:
     raise_open_files()
-    results: dict[str, Any] = {"scenarios": {}, "started": time.time(), "instances": instances}
+    results: dict[str, Any] = {
+        "scenarios": {},
+        "started": time.time(),
+        "instances": instances,
+        "partitions": partitions,
+    }
     if with_floor:
         log("floor: the broker and the database alone")
         results["floor"] = await floor.run(sizes.floor_messages, 512, 256, 100)
@@ -185,7 +193,9 @@ async def run(
         results["scenarios"][name] = {}
         for target in targets:
             log(f"{name}: {target}")
-            results["scenarios"][name][target] = await run_scenario(name, target, sizes, log, instances)
+            results["scenarios"][name][target] = await run_scenario(
+                name, target, sizes, log, instances, partitions
+            )
     results["seconds"] = round(time.time() - results["started"], 1)
     return results
 

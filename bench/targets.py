@@ -105,10 +105,15 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def switchboard(gateways: int = 2, instances: int = 1) -> AsyncIterator[Target]:
+async def switchboard(
+    gateways: int = 2, instances: int = 1, partitions: int | None = None
+) -> AsyncIterator[Target]:
     """Messages and delivery as `instances` processes each (sharing the partitions), presence as
-    one, and `gateways` gateways."""
-    async with running_system(AMQP_URL, DATABASE_URL, gateways=gateways, **SWITCHBOARD_SETTINGS) as system:
+    one, and `gateways` gateways; with `partitions`, that many (CHAT_PARTITIONS)."""
+    settings = dict(SWITCHBOARD_SETTINGS)
+    if partitions is not None:
+        settings["CHAT_PARTITIONS"] = str(partitions)
+    async with running_system(AMQP_URL, DATABASE_URL, gateways=gateways, **settings) as system:
         for _ in range(instances - 1):
             await system.add_instance("messages")
             await system.add_instance("delivery")
@@ -127,7 +132,9 @@ async def switchboard(gateways: int = 2, instances: int = 1) -> AsyncIterator[Ta
 
 
 @contextlib.asynccontextmanager
-async def baseline(gateways: int = 2, instances: int = 1) -> AsyncIterator[Target]:
+async def baseline(
+    gateways: int = 2, instances: int = 1, partitions: int | None = None
+) -> AsyncIterator[Target]:
     """The room-based reference server: one process, a query per recipient (the arguments are
     Switchboard's and do not apply)."""
     async with running_baseline(DATABASE_URL, secret=JWT_SECRET) as server:

@@ -22,7 +22,7 @@ from switchboard_contracts.topology import PARTITIONED, Topology
 from switchboard_runtime.amqp import DELIVERY_LIMIT, Bus, declare_service_queues
 from switchboard_runtime.consumer import BATCH_RETRY_SECONDS, EventConsumer
 from switchboard_runtime.db import Conn, create_pool
-from switchboard_runtime.outbox import OutboxRelay
+from switchboard_runtime.outbox import OutboxTable
 from switchboard_runtime.uow import Outbox, UnitOfWork, UnitsOfWork
 
 from .client import Api, Client, unique
@@ -271,7 +271,7 @@ class RecordingUnits(UnitsOfWork[Conn]):
     """Units of work that tell the test what each committed (the titles its handler noted)."""
 
     def __init__(self, lone: "LoneConsumer") -> None:
-        super().__init__(lone.pool, lambda conn: conn, lone.bus, OutboxRelay(lone.pool, lone.bus), "test")
+        super().__init__(lone.pool, lambda conn: conn, lone.bus, OutboxTable(lone.pool, lone.bus), "test")
         self.lone = lone
 
     def committed(self, outbox: Outbox) -> None:

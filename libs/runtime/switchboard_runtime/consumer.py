@@ -55,7 +55,6 @@ from switchboard_contracts.events import Envelope, Event
 from switchboard_contracts.topology import SUBSCRIPTIONS
 
 from .amqp import declare_service_queues, encode_envelope
-from .outbox import write_outbox
 from .subscriptions import Subscriptions
 from .transient import is_transient
 from .uow import Outbox, UnitOfWork, UnitsOfWork, publish_after_commit
@@ -343,7 +342,7 @@ class EventConsumer:
                             event_id=str(envelope.id),
                         )
                         item.failed, item.error = True, repr(exc)[:500]
-            await write_outbox(conn, outbox.keys, outbox.bodies)
+            await self.units.outgoing.write(conn, outbox)
         return outbox
 
     async def _after_commit(self, outbox: Outbox) -> bool:

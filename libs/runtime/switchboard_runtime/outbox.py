@@ -14,6 +14,7 @@ transactions committed meanwhile (group commit).
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
@@ -22,7 +23,10 @@ from .amqp import Bus
 from .batcher import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
 from .db import Conn
 
-__all__ = ["OutboxRelay", "write_outbox"]
+if TYPE_CHECKING:
+    from .uow import Outbox
+
+__all__ = ["OutboxTable"]
 
 log = structlog.get_logger()
 
@@ -34,12 +38,6 @@ RELAY_ROWS = 200
 RELAY_POLL_SECONDS = 1.0
 # Back-off after a failed pass (broker or database away); the rows stay and go out later.
 RELAY_RETRY_SECONDS = 1.0
-
-
-async def write_outbox(conn: Conn, keys: list[str], bodies: list[bytes]) -> None:
-    """One row for a unit of work's events, in the open transaction."""
-    if keys:
-        await conn.execute("INSERT INTO outbox (keys, bodies) VALUES ($1::text[], $2::bytea[])", keys, bodies)
 
 
 def _batches(rows: list[asyncpg.Record]) -> dict[str, list[list[bytes]]]:
@@ -59,15 +57,27 @@ def _batches(rows: list[asyncpg.Record]) -> dict[str, list[list[bytes]]]:
     return by_key
 
 
-class OutboxRelay:
+class OutboxTable:
+    """The `outbox` table of a service's schema, and its relay."""
+
     def __init__(self, pool: asyncpg.Pool, bus: Bus) -> None:
         self.pool = pool
         self.bus = bus
         self._wake = asyncio.Event()
 
-    def wake(self) -> None:
+    async def write(self, conn: Conn, outbox: "Outbox") -> None:
+        """One row for a unit of work's events, in its transaction."""
+        if outbox.keys:
+            await conn.execute(
+                "INSERT INTO outbox (keys, bodies) VALUES ($1::text[], $2::bytea[])",
+                outbox.keys,
+                outbox.bodies,
+            )
+
+    def committed(self, outbox: "Outbox") -> None:
         """A transaction of this process committed outbox rows: publish them now."""
-        self._wake.set()
+        if outbox.keys:
+            self._wake.set()
 
     async def run(self) -> None:
         while True:

@@ -23,11 +23,12 @@ from switchboard_contracts.events import Event
 from .amqp import Bus
 from .consumer import EventConsumer, Handler
 from .db import Conn, create_pool, ensure_database
+from .eventlog import EventLog
 from .logs import configure_logging
 from .migrate import apply_migrations
-from .outbox import OutboxRelay
+from .outbox import OutboxTable
 from .settings import CommonSettings
-from .uow import UnitsOfWork
+from .uow import Outgoing, UnitsOfWork
 
 __all__ = [
     "Runtime",
@@ -122,10 +123,12 @@ async def event_service(
     handlers: Mapping[type[Event], Handler],
     store: Callable[[Conn], Any],
     *,
+    event_log: bool = False,
     extra: Callable[[Runtime], Mapping[str, Coroutine[Any, Any, None]]] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Bus, pools, units of work, outbox relay and consumer for a service that handles events in
-    PostgreSQL. `store` binds the service's SQL to a transaction's connection."""
+    PostgreSQL. `store` binds the service's SQL to a transaction's connection; with `event_log`,
+    the service's event log is its outbox (eventlog.py), else its `outbox` table (outbox.py)."""
     configure_logging(service, settings.log_level)
     bus = Bus(settings.amqp_url, settings.topology(), source=service)
     await bus.connect()
@@ -133,7 +136,7 @@ async def event_service(
     api_pool = await create_pool(
         settings.database_url, schema=service, min_size=1, max_size=settings.api_pool_size
     )
-    relay = OutboxRelay(pool, bus)
+    relay: Outgoing = EventLog(pool, bus, service) if event_log else OutboxTable(pool, bus)
     units = UnitsOfWork(pool, store, bus, relay, source=service)
     runtime = Runtime(
         bus=bus,
@@ -181,6 +184,7 @@ def event_app(
     store: Callable[[Conn], Any],
     *,
     title: str,
+    event_log: bool = False,
     extra: Callable[[Runtime], Mapping[str, Coroutine[Any, Any, None]]] | None = None,
     setup: Callable[[], AbstractAsyncContextManager[object]] | None = None,
 ) -> FastAPI:
@@ -194,7 +198,7 @@ def event_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with (
             setup() if setup else nullcontext(),
-            event_service(service, settings, handlers, store, extra=extra) as runtime,
+            event_service(service, settings, handlers, store, event_log=event_log, extra=extra) as runtime,
         ):
             app.state.runtime = runtime
             yield

@@ -21,7 +21,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
+from uuid import UUID
 
 import asyncpg
 
@@ -31,9 +32,8 @@ from switchboard_contracts.routing import RouteFrame, route_messages
 
 from .amqp import Bus, encode_envelope
 from .db import Conn
-from .outbox import OutboxRelay, write_outbox
 
-__all__ = ["Outbox", "RouteMessage", "UnitOfWork", "UnitsOfWork", "publish_after_commit"]
+__all__ = ["Outbox", "Outgoing", "RouteMessage", "UnitOfWork", "UnitsOfWork", "publish_after_commit"]
 
 Store = TypeVar("Store")
 
@@ -53,15 +53,25 @@ class Outbox:
     # The deployment's partition count (CHAT_PARTITIONS): an event's routing key,
     # `<type>.<partition>`, is decided when it is emitted.
     partitions: int
+    envelopes: list[Envelope] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
+    # For a service whose event log is its outbox: each event's stream and version in the log,
+    # and after the write, its position.
+    streams: list[tuple[UUID, int]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
     frames: list[RouteFrame] = field(default_factory=list)
     messages: list[RouteMessage] = field(default_factory=list)
 
-    def emit(self, event: Event) -> Envelope:
+    def emit(self, event: Event, stream: tuple[UUID, int] | None = None) -> Envelope:
+        """Emit `event`; in a service with an event log, as version `stream[1]` of stream
+        `stream[0]` (a chat's events, one member's receipts)."""
         envelope = Envelope.wrap(event, self.source)
+        self.envelopes.append(envelope)
         self.keys.append(event_routing_key(envelope.type, envelope.data, self.partitions))
         self.bodies.append(encode_envelope(envelope))
+        if stream is not None:
+            self.streams.append(stream)
         return envelope
 
     def route(self, frame: RouteFrame) -> None:
@@ -76,12 +86,25 @@ class Outbox:
 
     def rewind(self, mark: tuple[int, int, int]) -> None:
         events, frames, messages = mark
-        del self.keys[events:], self.bodies[events:], self.frames[frames:], self.messages[messages:]
+        del self.envelopes[events:], self.keys[events:], self.bodies[events:], self.streams[events:]
+        del self.frames[frames:], self.messages[messages:]
 
     @property
     def after_commit(self) -> bool:
         """Whether anything is to be published straight after commit."""
         return bool(self.frames or self.messages)
+
+
+class Outgoing(Protocol):
+    """Where a service's events go on their way to the broker: an outbox table (outbox.py) or
+    its event log (eventlog.py). It writes them in the unit of work's transaction, hears when
+    that committed, and runs the relay that publishes them."""
+
+    async def write(self, conn: Conn, outbox: Outbox) -> None: ...
+
+    def committed(self, outbox: Outbox) -> None: ...
+
+    async def run(self) -> None: ...
 
 
 @dataclass
@@ -112,13 +135,13 @@ class UnitsOfWork(Generic[Store]):
         pool: asyncpg.Pool,
         store: Callable[[Conn], Store],
         bus: Bus,
-        relay: OutboxRelay,
+        outgoing: Outgoing,
         source: str,
     ) -> None:
         self.pool = pool
         self.store = store
         self.bus = bus
-        self.relay = relay
+        self.outgoing = outgoing
         self.source = source
 
     def outbox(self) -> Outbox:
@@ -130,11 +153,10 @@ class UnitsOfWork(Generic[Store]):
             async with conn.transaction():
                 uow = UnitOfWork(self.store(conn), self.outbox())
                 yield uow
-                await write_outbox(conn, uow.outbox.keys, uow.outbox.bodies)
+                await self.outgoing.write(conn, uow.outbox)
         self.committed(uow.outbox)
         if uow.outbox.after_commit:
             await publish_after_commit(self.bus, uow.outbox)
 
     def committed(self, outbox: Outbox) -> None:
-        if outbox.keys:
-            self.relay.wake()
+        self.outgoing.committed(outbox)

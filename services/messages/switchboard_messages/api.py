@@ -34,9 +34,9 @@ __all__ = ["router"]
 router = APIRouter(prefix="/internal")
 
 
-async def _record_change(uow: UnitOfWork[Store], chat: ChatState, event: Event) -> None:
+def _record_change(uow: UnitOfWork[Store], chat: ChatState, event: Event) -> None:
     """A membership change: the chat's next stream version, its event logged and published."""
-    await uow.store.append_event(chat.id, chat.version + 1, uow.outbox.emit(event))
+    uow.outbox.emit(event, stream=(chat.id, chat.version + 1))
 
 
 async def _require_member(store: Store, chat_id: UUID, caller: str) -> None:
@@ -74,7 +74,7 @@ async def create_chat(body: CreateChat, caller: Caller, units: Units) -> ChatOut
             created_by=caller,
             created_at=chat.created_at,
         )
-        await uow.store.append_event(chat.id, 1, uow.outbox.emit(event))
+        uow.outbox.emit(event, stream=(chat.id, 1))
     return chat
 
 
@@ -152,7 +152,7 @@ async def add_member(chat_id: UUID, body: AddMember, caller: Caller, units: Unit
             added = ChatMemberAdded(
                 chat_id=chat_id, user_id=body.user_id, by=caller, joined_seq=chat.last_seq
             )
-            await _record_change(uow, chat, added)
+            _record_change(uow, chat, added)
         out: ChatOut | None = await uow.store.chat_out(chat_id)
     if out is None:  # the chat row is locked above, so this cannot happen short of a bug
         raise DomainError(ErrorCode.INTERNAL, "chat vanished while adding a member")
@@ -166,5 +166,5 @@ async def remove_member(chat_id: UUID, user_id: str, caller: Caller, units: Unit
         check_membership_change(chat)
         if not await uow.store.remove_member(chat_id, user_id, left_seq=chat.last_seq):
             raise DomainError(ErrorCode.NOT_A_MEMBER, f"{user_id} is not a member of chat {chat_id}")
-        await _record_change(uow, chat, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller))
+        _record_change(uow, chat, ChatMemberRemoved(chat_id=chat_id, user_id=user_id, by=caller))
     return Response(status_code=204)

@@ -20,7 +20,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = event_app(SERVICE, settings, HANDLERS, Store, title="Switchboard messages (internal)")
+    # The event log is the outbox: every event this service emits is in it anyway.
+    app = event_app(
+        SERVICE, settings, HANDLERS, Store, title="Switchboard messages (internal)", event_log=True
+    )
     app.state.settings = settings
     app.include_router(router)
     install_error_handlers(app)

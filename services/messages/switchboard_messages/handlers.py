@@ -58,15 +58,10 @@ async def on_messages_sent(sends: list[MessageSent], uow: UnitOfWork[Store]) -> 
         (sent, outcome) for sent, outcome in zip(sends, outcomes, strict=True) if isinstance(outcome, Stored)
     ]
     if stored:
-        events = [
-            (
-                outcome.message.chat_id,
-                outcome.version,
-                outbox.emit(MessageStored(message=outcome.message, temp_id=sent.temp_id, origin=sent.origin)),
-            )
-            for sent, outcome in stored
-        ]
-        await store.store_messages([(outcome.message, str(sent.temp_id)) for sent, outcome in stored], events)
+        await store.store_messages([(outcome.message, str(sent.temp_id)) for sent, outcome in stored])
+        for sent, placed in stored:
+            event = MessageStored(message=placed.message, temp_id=sent.temp_id, origin=sent.origin)
+            outbox.emit(event, stream=(placed.message.chat_id, placed.version))
     for sent, outcome in zip(sends, outcomes, strict=True):
         if isinstance(outcome, Refused):
             log.info(
@@ -113,7 +108,7 @@ async def _mark_read(event: ChatReadMarked, store: Store, outbox: Outbox) -> Non
             message_ids=await store.read_between(chat_id, user_id, after, up_to),
         )
         version = marker.version + 1
-        await store.append_event(receipt_stream(chat_id, user_id), version, outbox.emit(read))
+        outbox.emit(read, stream=(receipt_stream(chat_id, user_id), version))
         await store.save_marker(chat_id, user_id, up_to, version)
         read_seq = up_to
     unread = await store.unread(chat_id, user_id, max(read_seq, marker.joined_seq))

@@ -1,17 +1,17 @@
-"""SQL of the messages service: chats, membership, messages and the event log.
+"""SQL of the messages service: chats, membership and messages. (Events go to the event log
+with the unit of work's outbox: libs/runtime eventlog.py.)
 
 `Store` is bound to one connection (a unit of work's transaction, or a read-only request's).
 Sends are written set-based: a batch of any size is two reads (lock the chats; everything else
-the rules need) and one write (the messages and their events), whatever its size.
+the rules need) and one write, whatever its size.
 """
 
 from collections.abc import Collection, Sequence
 from uuid import UUID
 
 import asyncpg
-from pydantic_core import to_json
 
-from switchboard_contracts.events import Envelope, MessageSent
+from switchboard_contracts.events import MessageSent
 from switchboard_contracts.models import ChatOut, MessageOut
 from switchboard_runtime.db import Conn
 
@@ -159,20 +159,6 @@ class Store(ReadStore):
         )
         return [ChatOut.model_validate(dict(row)) for row in rows]
 
-    # The event log.
-
-    async def append_event(self, stream_id: UUID, version: int, envelope: Envelope) -> None:
-        await self.conn.execute(
-            "INSERT INTO event_log (event_id, stream_id, stream_version, type, data, recorded_at)"
-            " VALUES ($1, $2, $3, $4, $5::jsonb, $6)",
-            envelope.id,
-            stream_id,
-            version,
-            envelope.type,
-            to_json(envelope.data).decode(),
-            envelope.time,
-        )
-
     # History.
 
     async def history(
@@ -254,19 +240,14 @@ class Store(ReadStore):
                 facts.replies.add((row["chat_id"], row["id"]))
         return facts
 
-    async def store_messages(
-        self, messages: Sequence[tuple[MessageOut, str]], events: Sequence[tuple[UUID, int, Envelope]]
-    ) -> None:
-        """Insert new messages and append their events to the log, in one statement."""
+    async def store_messages(self, messages: Sequence[tuple[MessageOut, str]]) -> None:
+        """Insert new messages (their events go to the log with the unit of work's outbox)."""
         inserted = await self.conn.fetchval(
             "WITH added AS ("  # noqa: S608 - _MESSAGE_COLUMNS is a constant
             f" INSERT INTO messages ({_MESSAGE_COLUMNS}, temp_id)"
             " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[],"
             "  $7::uuid[], $8::timestamptz[], $9::text[])"
-            " ON CONFLICT (sender_id, temp_id) DO NOTHING RETURNING 1),"
-            " logged AS (INSERT INTO event_log (event_id, stream_id, stream_version, type, data, recorded_at)"
-            "  SELECT * FROM unnest($10::uuid[], $11::uuid[], $12::bigint[], $13::text[], $14::jsonb[],"
-            "   $15::timestamptz[]))"
+            " ON CONFLICT (sender_id, temp_id) DO NOTHING RETURNING 1)"
             " SELECT count(*) FROM added",
             [m.id for m, _ in messages],
             [m.chat_id for m, _ in messages],
@@ -277,12 +258,6 @@ class Store(ReadStore):
             [m.reply_to for m, _ in messages],
             [m.created_at for m, _ in messages],
             [temp_id for _, temp_id in messages],
-            [envelope.id for _, _, envelope in events],
-            [stream for stream, _, _ in events],
-            [version for _, version, _ in events],
-            [envelope.type for _, _, envelope in events],
-            [to_json(envelope.data).decode() for _, _, envelope in events],
-            [envelope.time for _, _, envelope in events],
         )
         if inserted != len(messages):
             # Another writer stored one of these (sender, tempId) pairs after this batch looked:

@@ -7,7 +7,7 @@ from uuid import UUID, uuid4
 
 import orjson
 
-from switchboard_contracts.events import Envelope, MessageSent, MessageStored, Origin
+from switchboard_contracts.events import MessageSent, MessageStored, Origin
 from switchboard_contracts.models import MessageOut
 from switchboard_contracts.routing import Reply
 from switchboard_messages.domain import BatchFacts, ChatState
@@ -25,7 +25,6 @@ class MemoryStore:
         self.chats: dict[UUID, ChatState] = {}
         self.members: set[tuple[UUID, str]] = set()
         self.messages: dict[tuple[str, str], MessageOut] = {}
-        self.log: list[tuple[UUID, int, Envelope]] = []
 
     async def lock_chats(self, chat_ids: Collection[UUID]) -> list[UUID]:
         return sorted(chat for chat in chat_ids if chat in self.chats)
@@ -42,14 +41,11 @@ class MemoryStore:
             replies=set(),
         )
 
-    async def store_messages(
-        self, messages: Sequence[tuple[MessageOut, str]], events: Sequence[tuple[UUID, int, Envelope]]
-    ) -> None:
+    async def store_messages(self, messages: Sequence[tuple[MessageOut, str]]) -> None:
         for message, temp_id in messages:
             self.messages[(message.sender_id, temp_id)] = message
             chat = self.chats[message.chat_id]
             self.chats[message.chat_id] = ChatState(chat.id, chat.type, chat.version + 1, message.seq)
-        self.log.extend(events)
 
 
 def send(chat_id: UUID, sender: str, temp_id: str) -> MessageSent:
@@ -97,8 +93,9 @@ async def test_a_batch_stores_members_sends_refuses_strangers_and_answers_a_retr
         uow,
     )
 
-    # Two stored, with the chat's next seqs, each an event in the log and in the outbox.
-    assert [(s, v, e.data["message"]["seq"]) for s, v, e in store.log] == [(chat, 4, 42), (chat, 5, 43)]
+    # Two stored, with the chat's next seqs, each an event of the chat's stream in the log.
+    assert [e.data["message"]["seq"] for e in uow.outbox.envelopes] == [42, 43]
+    assert uow.outbox.streams == [(chat, 4), (chat, 5)]
     assert [key.rsplit(".", 1)[0] for key in uow.outbox.keys] == [MessageStored.TYPE] * 2
     # Their `message_sent` goes out with their delivery; here only the refusal and the retry.
     replies = [frame(r) for r in uow.outbox.frames]

@@ -20,14 +20,41 @@ ALTER TABLE messages.chats
 -- only moves forward): no event id is recorded per event any more.
 DROP TABLE messages.processed_events;
 
--- One outbox row per unit of work: its events' routing keys and encoded envelopes. Events of
--- the old form (one row each) are carried over; frames for clients are no longer kept here.
-ALTER TABLE messages.outbox RENAME TO outbox_v1;
-CREATE TABLE messages.outbox (
-    id bigserial PRIMARY KEY,
-    keys text[] NOT NULL,
-    bodies bytea[] NOT NULL
-);
-INSERT INTO messages.outbox (keys, bodies)
-    SELECT ARRAY[routing_key], ARRAY[body] FROM messages.outbox_v1 WHERE exchange = 'events' ORDER BY id;
-DROP TABLE messages.outbox_v1;
+-- The event log is the outbox (libs/runtime eventlog.py): each event keeps the routing key it
+-- was emitted with, and one cursor says how far the log has been published. Events still in the
+-- old outbox (a system upgraded without draining first) are published again from the log: the
+-- cursor starts before the first of them.
+ALTER TABLE messages.event_log ADD COLUMN routing_key text;
+CREATE TABLE messages.relay_cursor (position bigint NOT NULL);
+INSERT INTO messages.relay_cursor (position) SELECT coalesce(
+    (SELECT min(e.position) - 1 FROM messages.event_log e
+        JOIN messages.outbox o ON o.message_id = e.event_id::text),
+    (SELECT max(position) FROM messages.event_log),
+    0);
+DROP TABLE messages.outbox;
+
+-- Appends a unit of work's events. The advisory lock, taken before the positions are drawn and
+-- held until commit, makes transactions append and commit in one order: the committed log is
+-- always a prefix of its positions, which is what lets the relay keep a cursor. A writer that is
+-- not the relay's leader wakes it.
+CREATE FUNCTION messages.append_events(
+    ids uuid[], streams uuid[], versions bigint[], types text[], datas jsonb[], times timestamptz[],
+    keys text[], wake boolean
+) RETURNS TABLE (appended bigint) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('messages.event_log'));
+    RETURN QUERY
+        WITH added AS (
+            INSERT INTO messages.event_log
+                (event_id, stream_id, stream_version, type, data, recorded_at, routing_key)
+            SELECT e.event_id, e.stream_id, e.stream_version, e.type, e.data, e.recorded_at, e.routing_key
+            FROM unnest(ids, streams, versions, types, datas, times, keys) WITH ORDINALITY AS e
+                (event_id, stream_id, stream_version, type, data, recorded_at, routing_key, n)
+            ORDER BY e.n
+            RETURNING messages.event_log.position
+        )
+        SELECT added.position FROM added ORDER BY added.position;
+    IF wake THEN
+        PERFORM pg_notify('switchboard_event_log', '');
+    END IF;
+END $$;

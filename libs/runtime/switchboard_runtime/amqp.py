@@ -52,7 +52,7 @@ CONNECT_ERRORS = (ConnectionError, OSError, aiormq.exceptions.AMQPConnectionErro
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
-    return envelope.model_dump_json().encode()
+    return envelope.__pydantic_serializer__.to_json(envelope)
 
 
 def queue_arguments(topology: Topology, service: str) -> dict[str, Any]:

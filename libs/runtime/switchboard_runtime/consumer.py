@@ -38,9 +38,9 @@ from typing import Any
 import aiormq.exceptions
 import asyncpg
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
+from pydantic_core import to_json
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -51,10 +51,11 @@ from tenacity import (
 )
 
 from switchboard_contracts.batches import EVENT_CONTENT_TYPE, decode_events
-from switchboard_contracts.events import Envelope, Event
+from switchboard_contracts.events import Event
 from switchboard_contracts.topology import SUBSCRIPTIONS
 
-from .amqp import declare_service_queues, encode_envelope
+from .amqp import declare_service_queues
+from .delivery import Delivery
 from .subscriptions import Subscriptions
 from .transient import is_transient
 from .uow import Outbox, UnitOfWork, UnitsOfWork, publish_after_commit
@@ -151,8 +152,10 @@ async def database_writable(pool: asyncpg.Pool) -> bool:
 class _Item:
     """One event of a delivered AMQP message."""
 
-    message: AbstractIncomingMessage
-    envelope: Envelope | None = None
+    message: Delivery
+    # The event as it came (its envelope, as JSON), its type once read, and its payload.
+    raw: Any = None
+    type: str = "unreadable"
     event: Event | None = None
     handler: Handler | None = None
     failed: bool = False
@@ -222,7 +225,7 @@ class EventConsumer:
             BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
             BATCH_SIZE.labels(self.service).observe(len(items))
 
-    def _parse(self, message: AbstractIncomingMessage, now: datetime) -> list[_Item]:
+    def _parse(self, message: Delivery, now: datetime) -> list[_Item]:
         try:
             raw_events = decode_events(message.body, message.content_type)
         except ValueError:
@@ -230,25 +233,22 @@ class EventConsumer:
             return [_Item(message, failed=True, error="unreadable message")]
         items = []
         for raw in raw_events:
-            item = _Item(message)
+            item = _Item(message, raw)
             try:
-                envelope = Envelope.model_validate(raw)
-                model, handler = self.handlers[envelope.type]
-                item.envelope, item.event, item.handler = (
-                    envelope,
-                    model.model_validate(envelope.data),
-                    handler,
-                )
-                EVENT_LAG.labels(self.service, envelope.type).observe(
-                    max(0.0, (now - envelope.time).total_seconds())
-                )
+                # The payload is validated against its type's model; of the envelope around it
+                # only what is used is read (its id for the logs, its time for the lag).
+                model, handler = self.handlers[raw["type"]]
+                item.event, item.handler = model.model_validate(raw["data"]), handler
+                item.type = raw["type"]
+                created = datetime.fromisoformat(raw["time"])
+                EVENT_LAG.labels(self.service, item.type).observe(max(0.0, (now - created).total_seconds()))
             except (ValidationError, KeyError, ValueError, TypeError) as exc:
                 log.exception("unreadable event dead-lettered", routing_key=message.routing_key)
                 item.failed, item.error = True, f"unreadable event: {exc!r}"[:500]
             items.append(item)
         return items
 
-    async def _handle_batch(self, delivered: list[tuple[str, AbstractIncomingMessage]]) -> list[_Item]:
+    async def _handle_batch(self, delivered: list[tuple[str, Delivery]]) -> list[_Item]:
         now = datetime.now(UTC)
         messages = [message for _, message in delivered]
         queues = {id(message): queue for queue, message in delivered}
@@ -312,20 +312,20 @@ class EventConsumer:
         `probe` is given and says the database is healthy: then it is that event's fault too.
         """
         runnable = [
-            (item, item.handler, item.event, item.envelope)
+            (item, item.handler, item.event)
             for item in items
-            if item.handler is not None and item.event is not None and item.envelope is not None
+            if item.handler is not None and item.event is not None
         ]
         outbox = self.units.outbox()
         async with self.units.pool.acquire() as conn, conn.transaction():
             uow = UnitOfWork(self.units.store(conn), outbox)
-            for item, _, _, _ in runnable:
+            for item, _, _ in runnable:
                 item.failed = False
             if not isolate:
-                for handler, events in _runs([(handler, event) for _, handler, event, _ in runnable]):
+                for handler, events in _runs([(handler, event) for _, handler, event in runnable]):
                     await handler(events, uow)
             else:
-                for item, handler, event, envelope in runnable:
+                for item, handler, event in runnable:
                     mark = outbox.mark()
                     try:
                         async with conn.transaction():
@@ -338,8 +338,8 @@ class EventConsumer:
                             raise
                         log.exception(
                             "handler failed; event dead-lettered",
-                            event_type=envelope.type,
-                            event_id=str(envelope.id),
+                            event_type=item.type,
+                            event_id=str(item.raw.get("id")),
                         )
                         item.failed, item.error = True, repr(exc)[:500]
             await self.units.outgoing.write(conn, outbox)
@@ -360,7 +360,7 @@ class EventConsumer:
             return False
         return True
 
-    async def _requeue(self, messages: list[AbstractIncomingMessage]) -> None:
+    async def _requeue(self, messages: list[Delivery]) -> None:
         try:
             for message in messages:
                 await message.nack(requeue=True)
@@ -368,11 +368,11 @@ class EventConsumer:
             log.warning("channel closed before requeueing a batch; the broker redelivers it")
 
     async def _settle(
-        self, messages: list[AbstractIncomingMessage], items: list[_Item], queues: dict[int, str]
+        self, messages: list[Delivery], items: list[_Item], queues: dict[int, str]
     ) -> None:
         for item in items:
             outcome = "dead_lettered" if item.failed else "ok"
-            EVENTS.labels(self.service, item.envelope.type if item.envelope else "unreadable", outcome).inc()
+            EVENTS.labels(self.service, item.type, outcome).inc()
         failed: dict[int, list[_Item]] = {}
         for item in items:
             if item.failed:
@@ -404,13 +404,13 @@ class EventConsumer:
             # the broker has already put them back, and the work is idempotent.
             log.warning("channel closed before settling a batch; the broker redelivers it")
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, bad: list[_Item], queue: str) -> bool:
+    async def _dead_letter(self, message: Delivery, bad: list[_Item], queue: str) -> bool:
         """Publish these failed events of `message` alone to the dead-letter exchange; False if
         the broker did not take every one (the message is then requeued, the healthy events in
         it redone as repeats)."""
         try:
             for item in bad:
-                body = encode_envelope(item.envelope) if item.envelope is not None else message.body
+                body = to_json(item.raw) if isinstance(item.raw, dict) else message.body
                 await self.bus.publish(
                     "dead-letter",
                     self.service,
@@ -421,7 +421,7 @@ class EventConsumer:
                         DeathHeaders.TIME: datetime.now(UTC).isoformat(),
                         DeathHeaders.ERROR: item.error,
                     },
-                    message_id=str(item.envelope.id) if item.envelope is not None else message.message_id,
+                    message_id=str(item.raw.get("id")) if isinstance(item.raw, dict) else message.message_id,
                     persistent=True,
                     content_type=EVENT_CONTENT_TYPE,
                 )

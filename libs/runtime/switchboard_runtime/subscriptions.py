@@ -21,16 +21,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractRobustChannel
 from prometheus_client import Counter, Gauge
 
 from switchboard_contracts.topology import PARTITIONED
 
 from .amqp import Bus, queue_arguments
+from .delivery import Delivery, consume
 from .membership import Membership
 from .ownership import should_hand_over
 
-__all__ = ["Delivery", "Subscriptions"]
+__all__ = ["Subscriptions"]
 
 log = structlog.get_logger()
 
@@ -64,7 +65,7 @@ class _Subscription:
 
     index: int
     queue: str
-    channel: AbstractChannel | None = None
+    channel: AbstractRobustChannel | None = None
     # Renewed with each subscription; deliveries of an earlier one are left alone (the broker
     # took them back when that channel closed).
     generation: int = 0
@@ -77,7 +78,7 @@ class _Subscription:
     moving: bool = False
 
 
-Delivery = tuple[_Subscription, int, AbstractIncomingMessage]
+Waiting = tuple[_Subscription, int, Delivery]
 
 
 class Subscriptions:
@@ -90,7 +91,7 @@ class Subscriptions:
         # about `prefetch` deliveries in flight, and a handover returns at most this many.
         self.queue_prefetch = max(1, math.ceil(prefetch / len(self._subs)))
         self.membership = Membership(bus, service) if service in PARTITIONED else None
-        self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Waiting] = asyncio.Queue()
         # The subscriptions with deliveries in the batch being handled, and a condition notified
         # when a batch is settled: a handover waits for its partition's batch.
         self._in_batch: set[int] = set()
@@ -124,7 +125,7 @@ class Subscriptions:
             for task in list(self._tasks):
                 task.cancel()
 
-    async def next_batch(self, size: int) -> list[tuple[str, AbstractIncomingMessage]]:
+    async def next_batch(self, size: int) -> list[tuple[str, Delivery]]:
         """Everything waiting, up to `size` messages, of subscriptions still taking deliveries,
         each with the queue it came from; marks their subscriptions as in a batch until
         `settled()`.
@@ -133,7 +134,7 @@ class Subscriptions:
         the broker puts them back when its channel closes. Nothing awaits between taking and
         recording the batch, so a handover sees either the batch with its partition or none.
         """
-        batch: list[Delivery] = []
+        batch: list[Waiting] = []
         while not batch:
             item = await self._inbox.get()
             if self._current(item[0], item[1]):
@@ -178,7 +179,7 @@ class Subscriptions:
                 )
                 sub.generation += 1
                 sub.channel, sub.active_since, sub.accepting = channel, None, True
-                await queue.consume(self._deliverer(sub, sub.generation))
+                await consume(channel, queue.name, self._deliverer(sub, sub.generation))
                 return
             except asyncio.CancelledError:
                 raise
@@ -188,10 +189,8 @@ class Subscriptions:
                 log.warning("could not subscribe; retrying", queue=sub.queue, exc_info=True)
                 await asyncio.sleep(RESUBSCRIBE_SECONDS)  # back-off while the broker is away
 
-    def _deliverer(
-        self, sub: _Subscription, generation: int
-    ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        async def deliver(message: AbstractIncomingMessage) -> None:
+    def _deliverer(self, sub: _Subscription, generation: int) -> Callable[[Delivery], None]:
+        def deliver(message: Delivery) -> None:
             if not self._current(sub, generation):
                 return  # left unacknowledged: it goes back when this channel closes
             if sub.active_since is None:

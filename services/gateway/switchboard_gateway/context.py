@@ -36,7 +36,7 @@ class Gateway:
     messages: httpx.AsyncClient
 
     def origin(self, session: Session) -> Origin:
-        return Origin(gateway_id=self.id, session_id=session.id)
+        return Origin.model_construct(gateway_id=self.id, session_id=session.id)
 
     def session_opened(self, session: Session) -> SessionOpened:
         return SessionOpened(

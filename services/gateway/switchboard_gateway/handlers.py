@@ -75,7 +75,8 @@ async def on_send_message(gateway: Gateway, session: Session, data: Any) -> None
             )
         )
         return
-    event = MessageSent(
+    # Built without validating again what `SendMessage` and the session already guarantee.
+    event = MessageSent.model_construct(
         chat_id=command.chat_id,
         sender_id=session.user_id,
         temp_id=command.temp_id,

@@ -6,10 +6,10 @@ from typing import Any
 
 import aiormq
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from switchboard_contracts.routing import Live, Reply, unpack_route
 from switchboard_contracts.topology import Kind
+from switchboard_runtime.delivery import Delivery
 
 from .registry import Registry
 from .rooms import Rooms
@@ -33,10 +33,10 @@ class Acknowledger:
         self._channel: object = None
         # The highest tag acknowledged on the current channel, and the one to acknowledge next.
         self._acked = 0
-        self._pending: AbstractIncomingMessage | None = None
+        self._pending: Delivery | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def handled(self, message: AbstractIncomingMessage) -> None:
+    def handled(self, message: Delivery) -> None:
         tag = message.delivery_tag or 0
         if message.channel is not self._channel:
             # A channel after a reconnect numbers its deliveries from 1 again.
@@ -77,10 +77,10 @@ class RouteConsumer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.acks = Acknowledger()
 
-    async def __call__(self, message: AbstractIncomingMessage) -> None:
+    async def __call__(self, message: Delivery) -> None:
         # Handing a frame to a session's buffer cannot fail or block, so the delivery is acked
         # at once; what a crash loses here is still pending in delivery and is resent on reconnect.
-        headers = message.headers or {}
+        headers = message.headers
         kind = header_text(headers, "sb-kind")
         if kind == Kind.BATCH:
             await self._batch(message.body)

@@ -3,9 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from switchboard_gateway.routes import Acknowledger
+from switchboard_runtime.delivery import Delivery as RouteDelivery
 
 
 @dataclass
@@ -24,7 +23,7 @@ def delivered(tags: list[int], channel: object, acks: list[tuple[int, bool]]) ->
 
 async def settle(acker: Acknowledger, deliveries: list[Any]) -> None:
     for delivery in deliveries:
-        acker.handled(cast(AbstractIncomingMessage, delivery))
+        acker.handled(cast(RouteDelivery, delivery))
     if acker._task is not None:
         await acker._task
 

@@ -23,6 +23,7 @@ Snapshot = dict[str, dict[tuple[str, ...], tuple[float, float]]]
 
 _HISTOGRAMS = {
     "switchboard_event_lag_seconds": ("service", "type"),
+    "switchboard_batch_phase_seconds": ("service", "phase"),
     "switchboard_batch_seconds": ("service",),
     "switchboard_batch_size": ("service",),
 }
@@ -91,6 +92,10 @@ def summarize(before: dict[str, Snapshot], after: dict[str, Snapshot], messages:
             event_type: round(1000 * total / count, 1)
             for (_, event_type), (total, count) in lags.items()
             if count
+        }
+        phases = _delta(start, end, "switchboard_batch_phase_seconds")
+        row["phase_ms"] = {
+            phase: round(1000 * total / count, 2) for (_, phase), (total, count) in phases.items() if count
         }
         seconds = sum(total for total, _ in _delta(start, end, "switchboard_batch_seconds").values())
         sizes = _delta(start, end, "switchboard_batch_size")

@@ -84,6 +84,14 @@ EVENT_LAG = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
 )
 
+BATCH_PHASE = Histogram(
+    "switchboard_batch_phase_seconds",
+    "Time a batch spent in each phase: parse the events, commit the unit of work (the handlers"
+    " and the transaction), publish what it routes to clients, settle it with the broker",
+    ["service", "phase"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 5),
+)
+
 # After-commit publishes are retried in place this long before the batch goes back to the
 # queue: a requeue counts towards the delivery limit, a short broker blip should not.
 AFTER_COMMIT_RETRY_SECONDS = 30.0
@@ -179,6 +187,9 @@ class EventConsumer:
         self.batch_size = batch_size
         self.subscriptions = Subscriptions(units.bus, service, prefetch)
         self._declared = False
+        self._phases = {
+            phase: BATCH_PHASE.labels(service, phase) for phase in ("parse", "commit", "publish", "settle")
+        }
 
     @property
     def instance_id(self) -> str | None:
@@ -250,16 +261,26 @@ class EventConsumer:
 
     async def _handle_batch(self, delivered: list[tuple[str, Delivery]]) -> list[_Item]:
         now = datetime.now(UTC)
+        started = time.perf_counter()
         messages = [message for _, message in delivered]
         queues = {id(message): queue for queue, message in delivered}
         items = [item for message in messages for item in self._parse(message, now)]
+        parsed = time.perf_counter()
         outbox = await self._commit_with_retries(items)
         self.units.committed(outbox)
+        committed = time.perf_counter()
         if await self._after_commit(outbox):
+            published = time.perf_counter()
             await self._settle(messages, items, queues)
         else:
             # The state is committed; the redelivery redoes the publishes (handlers are idempotent).
+            published = time.perf_counter()
             await self._requeue(messages)
+        phases = self._phases
+        phases["parse"].observe(parsed - started)
+        phases["commit"].observe(committed - parsed)
+        phases["publish"].observe(published - committed)
+        phases["settle"].observe(time.perf_counter() - published)
         return items
 
     async def _commit_with_retries(self, items: list[_Item]) -> Outbox:
@@ -367,9 +388,7 @@ class EventConsumer:
         except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
             log.warning("channel closed before requeueing a batch; the broker redelivers it")
 
-    async def _settle(
-        self, messages: list[Delivery], items: list[_Item], queues: dict[int, str]
-    ) -> None:
+    async def _settle(self, messages: list[Delivery], items: list[_Item], queues: dict[int, str]) -> None:
         for item in items:
             outcome = "dead_lettered" if item.failed else "ok"
             EVENTS.labels(self.service, item.type, outcome).inc()

@@ -44,24 +44,22 @@ def message_sent_frame(temp_id: str | int, message: MessageOut) -> bytes:
 async def on_messages_sent(sends: list[MessageSent], uow: UnitOfWork[Store]) -> None:
     """Store each send once, as its chat's next seq.
 
-    Set-based: whatever the batch size, two reads (lock the chats; their state, the senders'
-    membership, earlier tempIds and reply targets in one statement) and one write (the messages
-    and their events). The rules are `plan_sends`, pure. A stored message's `message_sent` goes
+    Set-based: whatever the batch size, one statement locks the chats and reads their state,
+    the senders' membership, earlier tempIds and reply targets; the events emitted here write
+    the messages when the unit of work appends them (the messages table is a projection of the
+    log). The rules are `plan_sends`, pure. A stored message's `message_sent` goes
     out with its delivery (delivery answers the sender once it has routed it); a refusal, or a
     retry of a send stored before, is answered from here.
     """
     store, outbox = uow.store, uow.outbox
-    locked = await store.lock_chats({sent.chat_id for sent in sends})
-    facts = await store.send_facts(locked, sends)
+    facts = await store.lock_for_sends(sends)
     outcomes = plan_sends(sends, facts, datetime.now(UTC))
     stored = [
         (sent, outcome) for sent, outcome in zip(sends, outcomes, strict=True) if isinstance(outcome, Stored)
     ]
-    if stored:
-        await store.store_messages([(outcome.message, str(sent.temp_id)) for sent, outcome in stored])
-        for sent, placed in stored:
-            event = MessageStored(message=placed.message, temp_id=sent.temp_id, origin=sent.origin)
-            outbox.emit(event, stream=(placed.message.chat_id, placed.version))
+    for sent, placed in stored:
+        event = MessageStored(message=placed.message, temp_id=sent.temp_id, origin=sent.origin)
+        outbox.emit(event, stream=(placed.message.chat_id, placed.version))
     for sent, outcome in zip(sends, outcomes, strict=True):
         if isinstance(outcome, Refused):
             log.info(

@@ -2,11 +2,12 @@
 with the unit of work's outbox: libs/runtime eventlog.py.)
 
 `Store` is bound to one connection (a unit of work's transaction, or a read-only request's).
-Sends are written set-based: a batch of any size is two reads (lock the chats; everything else
-the rules need) and one write, whatever its size.
+Sends are written set-based: a batch of any size is one statement that locks its chats and reads
+everything the rules need; its messages are written by the append of their events (the messages
+table is a projection of the event log, migration 0004).
 """
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from uuid import UUID
 
 import asyncpg
@@ -188,42 +189,22 @@ class Store(ReadStore):
 
     # Sends, set-based.
 
-    async def lock_chats(self, chat_ids: Collection[UUID]) -> list[UUID]:
-        """Lock these chats for the rest of the transaction, in id order so that two writers never
-        deadlock; returns those that exist."""
+    async def lock_for_sends(self, sends: Sequence[MessageSent]) -> BatchFacts:
+        """Lock the chats of a batch of sends for the rest of the transaction, then read
+        everything the rules need about the batch: each chat's state, whether each sender is a
+        member, a message already stored under each (sender, tempId), whether each `reply_to` is
+        in the send's chat. One round trip (`lock_for_sends`, migration 0004)."""
+        replies = [sent for sent in sends if sent.reply_to is not None]
         rows = await self.conn.fetch(
-            "SELECT id FROM chats WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", list(chat_ids)
-        )
-        return [row[0] for row in rows]
-
-    async def send_facts(self, locked: Sequence[UUID], sends: Sequence[MessageSent]) -> BatchFacts:
-        """Everything the rules need about a batch of sends, in one statement run after the
-        chats are locked: each chat's state, whether each sender is a member, a message already
-        stored under each (sender, tempId), whether each `reply_to` is in the send's chat."""
-        rows = await self.conn.fetch(
-            "SELECT 'c' AS kind, c.id AS chat_id, c.type, NULL::text AS sender_id, NULL::text AS temp_id,"  # noqa: S608
-            f" {_VERSION.format(chat='c.id')} AS version, {_LAST_SEQ.format(chat='c.id')} AS last_seq,"
-            " NULL::uuid AS id, NULL::bigint AS seq, NULL::text AS content, NULL::text AS message_type,"
-            " NULL::uuid AS reply_to, NULL::timestamptz AS created_at"
-            " FROM chats c WHERE c.id = ANY($1::uuid[])"
-            " UNION ALL"
-            " SELECT 'm', cm.chat_id, NULL, cm.user_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
-            " FROM chat_members cm"
-            " JOIN unnest($2::uuid[], $3::text[]) AS asked (chat_id, user_id) USING (chat_id, user_id)"
-            " UNION ALL"
-            f" SELECT 's', m.chat_id, NULL, m.sender_id, m.temp_id, NULL, NULL, m.id, m.seq, m.content,"
-            " m.message_type, m.reply_to, m.created_at FROM messages m"
-            " JOIN unnest($3::text[], $4::text[]) AS asked (sender_id, temp_id) USING (sender_id, temp_id)"
-            " UNION ALL"
-            " SELECT 'r', m.chat_id, NULL, NULL, NULL, NULL, NULL, m.id, NULL, NULL, NULL, NULL, NULL"
-            " FROM messages m"
-            " JOIN unnest($5::uuid[], $6::uuid[]) AS asked (chat_id, id) USING (chat_id, id)",
-            list(locked),
+            "SELECT * FROM lock_for_sends($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],"
+            " $6::uuid[], $7::uuid[])",
+            list({sent.chat_id for sent in sends}),
             [sent.chat_id for sent in sends],
             [sent.sender_id for sent in sends],
+            [sent.sender_id for sent in sends],
             [str(sent.temp_id) for sent in sends],
-            [sent.chat_id for sent in sends if sent.reply_to is not None],
-            [sent.reply_to for sent in sends if sent.reply_to is not None],
+            [sent.chat_id for sent in replies],
+            [sent.reply_to for sent in replies],
         )
         facts = BatchFacts(chats={}, memberships=set(), stored={}, replies=set())
         for row in rows:
@@ -239,27 +220,3 @@ class Store(ReadStore):
             else:
                 facts.replies.add((row["chat_id"], row["id"]))
         return facts
-
-    async def store_messages(self, messages: Sequence[tuple[MessageOut, str]]) -> None:
-        """Insert new messages (their events go to the log with the unit of work's outbox)."""
-        inserted = await self.conn.fetchval(
-            "WITH added AS ("  # noqa: S608 - _MESSAGE_COLUMNS is a constant
-            f" INSERT INTO messages ({_MESSAGE_COLUMNS}, temp_id)"
-            " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[],"
-            "  $7::uuid[], $8::timestamptz[], $9::text[])"
-            " ON CONFLICT (sender_id, temp_id) DO NOTHING RETURNING 1)"
-            " SELECT count(*) FROM added",
-            [m.id for m, _ in messages],
-            [m.chat_id for m, _ in messages],
-            [m.seq for m, _ in messages],
-            [m.sender_id for m, _ in messages],
-            [m.content for m, _ in messages],
-            [m.message_type for m, _ in messages],
-            [m.reply_to for m, _ in messages],
-            [m.created_at for m, _ in messages],
-            [temp_id for _, temp_id in messages],
-        )
-        if inserted != len(messages):
-            # Another writer stored one of these (sender, tempId) pairs after this batch looked:
-            # only possible with two active instances. The batch is redone event by event.
-            raise RuntimeError(f"{len(messages) - inserted} send(s) stored concurrently; redo the batch")

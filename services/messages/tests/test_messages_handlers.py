@@ -1,6 +1,6 @@
 """The send handler with its store in memory: what a batch of sends writes and emits."""
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID, uuid4
@@ -26,12 +26,9 @@ class MemoryStore:
         self.members: set[tuple[UUID, str]] = set()
         self.messages: dict[tuple[str, str], MessageOut] = {}
 
-    async def lock_chats(self, chat_ids: Collection[UUID]) -> list[UUID]:
-        return sorted(chat for chat in chat_ids if chat in self.chats)
-
-    async def send_facts(self, locked: Sequence[UUID], sends: Sequence[MessageSent]) -> BatchFacts:
+    async def lock_for_sends(self, sends: Sequence[MessageSent]) -> BatchFacts:
         return BatchFacts(
-            chats={chat: self.chats[chat] for chat in locked},
+            chats={s.chat_id: self.chats[s.chat_id] for s in sends if s.chat_id in self.chats},
             memberships={(s.chat_id, s.sender_id) for s in sends if (s.chat_id, s.sender_id) in self.members},
             stored={
                 key: self.messages[key]
@@ -40,12 +37,6 @@ class MemoryStore:
             },
             replies=set(),
         )
-
-    async def store_messages(self, messages: Sequence[tuple[MessageOut, str]]) -> None:
-        for message, temp_id in messages:
-            self.messages[(message.sender_id, temp_id)] = message
-            chat = self.chats[message.chat_id]
-            self.chats[message.chat_id] = ChatState(chat.id, chat.type, chat.version + 1, message.seq)
 
 
 def send(chat_id: UUID, sender: str, temp_id: str) -> MessageSent:

@@ -63,7 +63,7 @@ def main() -> None:
         "--instances", type=int, default=1, choices=range(1, 5), help="of messages and delivery each (1-4)"
     )
     parser.add_argument(
-        "--partitions", type=int, help="Switchboard's CHAT_PARTITIONS (default: the services' own default)"
+        "--partitions", type=int, help="Switchboard's CHAT_PARTITIONS (default: one per instance)"
     )
     parser.add_argument(
         "--sessions",

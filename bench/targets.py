@@ -109,10 +109,14 @@ async def switchboard(
     gateways: int = 2, instances: int = 1, partitions: int | None = None
 ) -> AsyncIterator[Target]:
     """Messages and delivery as `instances` processes each (sharing the partitions), presence as
-    one, and `gateways` gateways; with `partitions`, that many (CHAT_PARTITIONS)."""
+    one, and `gateways` gateways; with `partitions`, that many (CHAT_PARTITIONS).
+
+    By default one partition per instance (docs/scaling.md section 2): every partition is a
+    queue of its own, and each producer's batches are per partition, so partitions beyond the
+    instances that consume them only split the batches into smaller ones.
+    """
     settings = dict(SWITCHBOARD_SETTINGS)
-    if partitions is not None:
-        settings["CHAT_PARTITIONS"] = str(partitions)
+    settings["CHAT_PARTITIONS"] = str(partitions if partitions is not None else instances)
     async with running_system(AMQP_URL, DATABASE_URL, gateways=gateways, **settings) as system:
         for _ in range(instances - 1):
             await system.add_instance("messages")

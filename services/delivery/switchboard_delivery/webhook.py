@@ -12,10 +12,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import aiormq.exceptions
 import httpx
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic_core import to_json
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
@@ -23,6 +21,7 @@ from switchboard_contracts.batches import EVENT_CONTENT_TYPE, decode_events
 from switchboard_contracts.events import Envelope
 from switchboard_runtime.amqp import Bus, declare_service_queues
 from switchboard_runtime.consumer import DeathHeaders
+from switchboard_runtime.settling import InOrderQueue, Outcome, Received
 
 from .domain import webhook_retries
 from .settings import Settings
@@ -54,14 +53,15 @@ class Webhook:
         self.retry_seconds = settings.webhook_retry_seconds
         # A connection of its own, so a slow receiver never holds up delivery's channel.
         self.bus = Bus(settings.amqp_url, settings.topology(), source="delivery-webhook")
-        self._queue: AbstractQueue | None = None
+        self._queue: InOrderQueue | None = None
 
     async def declare(self) -> None:
         """Connect and declare the queue; what is published from then on waits for `run`."""
         await self.bus.connect()
         channel = await self.bus.connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
-        (self._queue,) = await declare_service_queues(channel, self.bus.topology, QUEUE)
+        (queue,) = await declare_service_queues(channel, self.bus.topology, QUEUE)
+        self._queue = InOrderQueue(queue)
 
     async def close(self) -> None:
         await self.bus.close()
@@ -79,17 +79,16 @@ class Webhook:
     async def run(self) -> None:
         if self._queue is None:
             raise RuntimeError("Webhook.declare() has not been called")
-        async with httpx.AsyncClient(timeout=self.timeout) as http, self._queue.iterator() as messages:
-            async for message in messages:
-                await self._forward(http, message)
+        async with httpx.AsyncClient(timeout=self.timeout) as http:
+            await self._queue.consume(lambda message: self._forward(http, message))
 
-    async def _forward(self, http: httpx.AsyncClient, message: AbstractIncomingMessage) -> None:
+    async def _forward(self, http: httpx.AsyncClient, message: Received) -> Outcome:
+        """Post a message's events, and say what is to become of the message."""
         try:
             events = decode_events(message.body, message.content_type)
         except ValueError:
             log.exception("unreadable webhook message dead-lettered", routing_key=message.routing_key)
-            await _settle(message, ok=False)
-            return
+            return Outcome.DEAD_LETTER
         failed = []
         for raw in events:
             body = to_json(raw)
@@ -99,11 +98,10 @@ class Webhook:
                 log.exception("webhook gave up; event dead-lettered", routing_key=message.routing_key)
                 failed.append((body, raw, exc))
         if failed and len(failed) == len(events):
-            await _settle(message, ok=False)
-        elif failed and not await self._dead_letter(failed):
-            await _requeue(message)
-        else:
-            await _settle(message, ok=True)
+            return Outcome.DEAD_LETTER  # to `<ns>.webhook.dead`
+        if failed and not await self._dead_letter(failed):
+            return Outcome.REQUEUE
+        return Outcome.HANDLED
 
     async def _dead_letter(self, failed: list[tuple[bytes, object, Exception]]) -> bool:
         """The events of a batch that gave up, each alone to `<ns>.webhook.dead`; False if the
@@ -145,21 +143,3 @@ class Webhook:
         ):
             with attempt:
                 (await http.post(self.url, content=body, headers=headers)).raise_for_status()
-
-
-async def _requeue(message: AbstractIncomingMessage) -> None:
-    try:
-        await message.nack(requeue=True)
-    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
-        log.warning("channel closed before requeueing a webhook batch; the broker redelivers it")
-
-
-async def _settle(message: AbstractIncomingMessage, *, ok: bool) -> None:
-    try:
-        if ok:
-            await message.ack()
-        else:
-            await message.reject(requeue=False)  # to `<ns>.webhook.dead`
-    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
-        # The channel it came on is gone; the broker redelivers it, and the key de-duplicates.
-        log.warning("channel closed before settling a webhook event; the broker redelivers it")

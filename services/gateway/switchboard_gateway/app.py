@@ -13,9 +13,9 @@ from starlette.types import Receive, Scope, Send
 
 from switchboard_contracts.events import GatewayHeartbeat
 from switchboard_contracts.topology import Topology
+from switchboard_runtime.acks import consume_acked
 from switchboard_runtime.amqp import Bus
 from switchboard_runtime.batcher import EventBatcher
-from switchboard_runtime.delivery import consume
 from switchboard_runtime.http_errors import install_error_handlers
 from switchboard_runtime.logs import configure_logging
 from switchboard_runtime.service import (
@@ -120,7 +120,9 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
             rooms = Rooms(queue, topology, publish_route, settings.typing_ttl_seconds)
             events = EventBatcher(bus, source=f"gateway/{gateway_id}")
             gateway = Gateway(gateway_id, settings, bus, events, registry, verifier, rooms, messages_client)
-            await consume(channel, queue.name, RouteConsumer(gateway_id, registry, rooms, gateway.resync))
+            await consume_acked(
+                channel, queue.name, RouteConsumer(gateway_id, registry, rooms, gateway.resync)
+            )
             bus.connection.reconnect_callbacks.add(gateway.resync)
             runtime = Runtime(bus=bus)
             spawn(heartbeat(gateway), runtime.tasks, "heartbeat")

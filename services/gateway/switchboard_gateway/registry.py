@@ -3,15 +3,23 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-
-from aio_pika.abc import AbstractQueue
+from typing import Protocol
 
 from switchboard_contracts.topology import Topology
 
 from .routed import ToSession
 from .sessions import Session
 
-__all__ = ["BoundGroups", "KeyedLocks", "Registry"]
+__all__ = ["BoundGroups", "Bindable", "KeyedLocks", "Registry"]
+
+
+class Bindable(Protocol):
+    """The route queue as far as bindings go: the broker's queue object satisfies this, so the
+    gateway needs no broker client types of its own."""
+
+    async def bind(self, exchange: str, routing_key: str) -> object: ...
+
+    async def unbind(self, exchange: str, routing_key: str) -> object: ...
 
 
 class KeyedLocks:
@@ -41,7 +49,7 @@ class BoundGroups:
     """Sessions grouped by a key (a user, a chat room); this gateway's queue is bound to the
     key's routing key while its group has anyone, and unbound when the last one leaves."""
 
-    def __init__(self, queue: AbstractQueue, exchange: str, routing_key: Callable[[str], str]) -> None:
+    def __init__(self, queue: Bindable, exchange: str, routing_key: Callable[[str], str]) -> None:
         self.queue = queue
         self.exchange = exchange
         self.routing_key = routing_key
@@ -74,7 +82,7 @@ class BoundGroups:
 
 
 class Registry:
-    def __init__(self, queue: AbstractQueue, topology: Topology) -> None:
+    def __init__(self, queue: Bindable, topology: Topology) -> None:
         self.sessions: dict[str, Session] = {}
         self.by_user = BoundGroups(queue, topology.route_exchange, Topology.user_key)
 

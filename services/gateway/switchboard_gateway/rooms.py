@@ -16,12 +16,10 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
-from aio_pika.abc import AbstractQueue
-
 from switchboard_contracts.topology import Headers, Kind, Topology
 from switchboard_contracts.wire import encode_frame
 
-from .registry import BoundGroups
+from .registry import Bindable, BoundGroups
 from .routed import RoomFrame
 from .sessions import Session
 
@@ -35,7 +33,7 @@ def typing_frame(chat_id: str, user_id: str, is_typing: bool) -> bytes:
 
 
 class Rooms:
-    def __init__(self, queue: AbstractQueue, topology: Topology, publish: Publish, typing_ttl: float) -> None:
+    def __init__(self, queue: Bindable, topology: Topology, publish: Publish, typing_ttl: float) -> None:
         self.rooms = BoundGroups(queue, topology.route_exchange, Topology.room_key)
         self.publish = publish
         self.typing_ttl = typing_ttl

@@ -4,7 +4,6 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aiormq
 import structlog
 
 from switchboard_contracts.routing import Live, Reply, unpack_route
@@ -15,51 +14,9 @@ from .registry import Registry
 from .rooms import Rooms
 from .routed import Page, RoomFrame, header_text
 
-__all__ = ["Acknowledger", "RouteConsumer"]
+__all__ = ["RouteConsumer"]
 
 log = structlog.get_logger()
-
-
-class Acknowledger:
-    """Acknowledges a consumer's deliveries in bursts: one `basic.ack` (multiple) for the highest
-    delivery tag handled since the last one, instead of a frame per delivery.
-
-    Deliveries may finish out of order (one awaits, later ones do not), so a tag that an
-    acknowledgement already covered is never acknowledged again: the broker closes the channel
-    on an unknown delivery tag, and the user bindings on it with it.
-    """
-
-    def __init__(self) -> None:
-        self._channel: object = None
-        # The highest tag acknowledged on the current channel, and the one to acknowledge next.
-        self._acked = 0
-        self._pending: Delivery | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def handled(self, message: Delivery) -> None:
-        tag = message.delivery_tag or 0
-        if message.channel is not self._channel:
-            # A channel after a reconnect numbers its deliveries from 1 again.
-            self._channel, self._acked, self._pending = message.channel, 0, None
-        pending = self._pending.delivery_tag or 0 if self._pending is not None else 0
-        if tag <= max(self._acked, pending):
-            return
-        self._pending = message
-        if self._task is None:
-            self._task = asyncio.create_task(self._send())
-
-    async def _send(self) -> None:
-        try:
-            while (message := self._pending) is not None:
-                self._pending = None
-                self._acked = message.delivery_tag or 0
-                await message.ack(multiple=True)
-        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
-            # The channel went away (broker restart); its deliveries went back with it, and the
-            # new channel's are acknowledged on their own.
-            log.debug("route channel closed before an acknowledgement")
-        finally:
-            self._task = None
 
 
 class RouteConsumer:
@@ -75,11 +32,11 @@ class RouteConsumer:
         self.rooms = rooms
         self.resync = resync
         self._tasks: set[asyncio.Task[None]] = set()
-        self.acks = Acknowledger()
 
     async def __call__(self, message: Delivery) -> None:
-        # Handing a frame to a session's buffer cannot fail or block, so the delivery is acked
-        # at once; what a crash loses here is still pending in delivery and is resent on reconnect.
+        # Handing a frame to a session's buffer cannot fail or block, so the runtime acknowledges
+        # the delivery as soon as this returns (consume_acked); what a crash loses here is still
+        # pending in delivery and is resent on reconnect.
         headers = message.headers
         kind = header_text(headers, "sb-kind")
         if kind == Kind.BATCH:
@@ -97,7 +54,6 @@ class RouteConsumer:
             task = asyncio.create_task(self.resync())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self.acks.handled(message)
 
     async def _batch(self, body: bytes) -> None:
         try:

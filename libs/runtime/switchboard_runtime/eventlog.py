@@ -30,7 +30,7 @@ from pydantic_core import to_json
 from switchboard_contracts.partitions import event_routing_key
 
 from .amqp import Bus
-from .batcher import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
+from .batcher import in_partition_order
 from .db import Conn
 from .uow import Outbox
 
@@ -174,22 +174,11 @@ class EventLog:
         self._handed = [entry for entry in self._handed if entry[0] > self._cursor]
 
     async def _publish(self, events: list[tuple[int, str, bytes]]) -> None:
-        """Per routing key one batch (or a few, for very many), all confirms awaited together;
-        the cursor moves past them only when every one was confirmed."""
-        batches: dict[str, list[list[bytes]]] = {}
-        sizes: dict[str, int] = {}
-        for _, key, body in events:
-            if not key:
-                continue  # an event of a type no consumer knows any more
-            parts = batches.setdefault(key, [[]])
-            if parts[-1] and (len(parts[-1]) == MAX_BATCH_EVENTS or sizes[key] + len(body) > MAX_BATCH_BYTES):
-                parts.append([])
-                sizes[key] = 0
-            parts[-1].append(body)
-            sizes[key] = sizes.get(key, 0) + len(body)
-        await asyncio.gather(
-            *(self.bus.publish_batch(key, batch) for key, parts in batches.items() for batch in parts)
-        )
+        """The events as batches in each partition's log order (`in_partition_order`), written
+        in that order on the one channel, all confirms awaited together; the cursor moves past
+        them only when every one was confirmed."""
+        batches = in_partition_order((key, body) for _, key, body in events)
+        await asyncio.gather(*(self.bus.publish_batch(key, bodies) for key, bodies in batches))
         self._cursor = events[-1][0]
 
 

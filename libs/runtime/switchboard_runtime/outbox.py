@@ -20,7 +20,7 @@ import asyncpg
 import structlog
 
 from .amqp import Bus
-from .batcher import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
+from .batcher import in_partition_order
 from .db import Conn
 
 if TYPE_CHECKING:
@@ -38,23 +38,6 @@ RELAY_ROWS = 200
 RELAY_POLL_SECONDS = 1.0
 # Back-off after a failed pass (broker or database away); the rows stay and go out later.
 RELAY_RETRY_SECONDS = 1.0
-
-
-def _batches(rows: list[asyncpg.Record]) -> dict[str, list[list[bytes]]]:
-    """Per routing key, its events of these rows in row order, cut into publishable batches."""
-    by_key: dict[str, list[list[bytes]]] = {}
-    sizes: dict[str, int] = {}
-    for row in rows:
-        for key, body in zip(row["keys"], row["bodies"], strict=True):
-            batches = by_key.setdefault(key, [[]])
-            if batches[-1] and (
-                len(batches[-1]) == MAX_BATCH_EVENTS or sizes[key] + len(body) > MAX_BATCH_BYTES
-            ):
-                batches.append([])
-                sizes[key] = 0
-            batches[-1].append(body)
-            sizes[key] = sizes.get(key, 0) + len(body)
-    return by_key
 
 
 class OutboxTable:
@@ -107,17 +90,18 @@ class OutboxTable:
                 )
                 if not rows:
                     return total
-                batches = _batches(rows)
-                # Every key's batches in order on the one channel, all confirms awaited together.
-                # If any fails, the whole pass rolls back and goes out again, in the same order:
-                # consumers see a repeat, never a gap or an earlier event after a later one.
-                await asyncio.gather(
-                    *(self.bus.publish_batch(key, batch) for key, parts in batches.items() for batch in parts)
+                batches = in_partition_order(
+                    entry for row in rows for entry in zip(row["keys"], row["bodies"], strict=True)
                 )
+                # Written in each partition's order on the one channel, all confirms awaited
+                # together. If any fails, the whole pass rolls back and goes out again, in the
+                # same order: consumers see a repeat, never a gap or an earlier event after a
+                # later one.
+                await asyncio.gather(*(self.bus.publish_batch(key, bodies) for key, bodies in batches))
                 await conn.execute(
                     "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
                 )
-                total += sum(len(batch) for parts in batches.values() for batch in parts)
+                total += sum(len(bodies) for _, bodies in batches)
             if len(rows) < RELAY_ROWS:
                 # Fewer rows than a pass takes: all of them are out. A row committed since wakes
                 # the relay again.

@@ -1,11 +1,12 @@
 """Group commit: one publish in flight per routing key, what gathers meanwhile goes next."""
 
 import asyncio
+from datetime import UTC, datetime
 from typing import cast
 
 import pytest
 
-from switchboard_contracts.events import GatewayHeartbeat
+from switchboard_contracts.events import GatewayHeartbeat, SessionClosed, SessionOpened
 from switchboard_contracts.topology import Topology
 from switchboard_runtime.amqp import Bus
 from switchboard_runtime.batcher import MAX_BATCH_EVENTS, EventBatcher
@@ -82,3 +83,27 @@ async def test_emit_logged_reports_a_failure_to_its_callback() -> None:
     failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
     batcher(broker).emit_logged(GatewayHeartbeat(gateway_id="g", sessions=1), on_error=failed.set_result)
     assert isinstance(await asyncio.wait_for(failed, 5), ConnectionError)
+
+
+async def test_types_that_keep_their_order_share_one_publish_in_flight_per_partition() -> None:
+    broker = Broker()
+    in_order = [{SessionOpened.TYPE, SessionClosed.TYPE}]
+    events = EventBatcher(cast(Bus, broker), source="test", in_order=in_order)
+    opened = SessionOpened(session_id="s1", user_id="ann", gateway_id="g")
+    closed = SessionClosed(session_id="s1", user_id="ann", gateway_id="g", closed_at=datetime.now(UTC))
+    first = events.emit(opened)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    # The opening is in flight; the closing, another routing key, waits behind it instead of
+    # leaving on a stream of its own, and a second opening behind that.
+    later = [events.emit(closed), events.emit(opened)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [key.rsplit(".", 1)[0] for key, _ in broker.batches] == [SessionOpened.TYPE]
+    broker.confirm.set()
+    await asyncio.gather(first, *later)
+    assert [key.rsplit(".", 1)[0] for key, _ in broker.batches] == [
+        SessionOpened.TYPE,
+        SessionClosed.TYPE,
+        SessionOpened.TYPE,
+    ]

@@ -1,26 +1,35 @@
-"""What a relay pass publishes, and what a unit of work's outbox keeps after a rewind."""
-
-from typing import Any
+"""What a relay pass publishes, in each partition's order, and what an outbox keeps after a rewind."""
 
 from switchboard_contracts.events import GatewayHeartbeat
 from switchboard_contracts.routing import Signal
-from switchboard_runtime.batcher import MAX_BATCH_EVENTS
-from switchboard_runtime.outbox import _batches
+from switchboard_runtime.batcher import MAX_BATCH_EVENTS, in_partition_order
 from switchboard_runtime.uow import Outbox
 
 
-def row(*events: tuple[str, bytes]) -> dict[str, Any]:
-    return {"keys": [key for key, _ in events], "bodies": [body for _, body in events]}
+def test_a_partitions_events_of_one_key_travel_together_in_log_order() -> None:
+    events = [("stored.0", b"1"), ("stored.1", b"2"), ("stored.0", b"3"), ("stored.1", b"4")]
+    assert in_partition_order(events) == [("stored.0", [b"1", b"3"]), ("stored.1", [b"2", b"4"])]
 
 
-def test_a_pass_publishes_each_key_once_with_its_events_in_row_order() -> None:
-    rows = [row(("a", b"1"), ("b", b"2")), row(("a", b"3"))]
-    assert _batches(rows) == {"a": [[b"1", b"3"]], "b": [[b"2"]]}  # type: ignore[arg-type]
+def test_an_event_of_another_type_in_a_partition_starts_a_new_batch_so_nothing_overtakes_it() -> None:
+    # A member added between two messages of its chat: the second message must reach the
+    # partition's queue after the membership, the first before it.
+    events = [("stored.3", b"m1"), ("added.3", b"u"), ("stored.3", b"m2"), ("stored.5", b"x")]
+    assert in_partition_order(events) == [
+        ("stored.3", [b"m1"]),
+        ("added.3", [b"u"]),
+        ("stored.3", [b"m2"]),
+        ("stored.5", [b"x"]),
+    ]
 
 
 def test_a_key_with_more_events_than_a_batch_holds_gets_several() -> None:
-    rows = [row(*[("a", b"e")] * (MAX_BATCH_EVENTS + 2))]
-    assert [len(batch) for batch in _batches(rows)["a"]] == [MAX_BATCH_EVENTS, 2]  # type: ignore[arg-type]
+    batches = in_partition_order([("a.0", b"e")] * (MAX_BATCH_EVENTS + 2))
+    assert [len(bodies) for _, bodies in batches] == [MAX_BATCH_EVENTS, 2]
+
+
+def test_events_of_a_type_no_consumer_knows_are_left_out() -> None:
+    assert in_partition_order([("", b"old"), ("a.0", b"1")]) == [("a.0", [b"1"])]
 
 
 def test_a_rewind_drops_what_an_event_that_failed_emitted() -> None:

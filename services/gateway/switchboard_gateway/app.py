@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.routing import Match, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from switchboard_contracts.events import GatewayHeartbeat
+from switchboard_contracts.events import GatewayHeartbeat, SessionClosed, SessionOpened
 from switchboard_contracts.topology import Topology
 from switchboard_runtime.acks import consume_acked
 from switchboard_runtime.amqp import Bus
@@ -118,7 +118,11 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
                 return await bus.publish("route", key, frame, headers=headers)
 
             rooms = Rooms(queue, topology, publish_route, settings.typing_ttl_seconds)
-            events = EventBatcher(bus, source=f"gateway/{gateway_id}")
+            # A session's closing must never overtake its opening (a resync announces every
+            # session again while some close): presence would keep a session that is gone.
+            events = EventBatcher(
+                bus, source=f"gateway/{gateway_id}", in_order=[{SessionOpened.TYPE, SessionClosed.TYPE}]
+            )
             gateway = Gateway(gateway_id, settings, bus, events, registry, verifier, rooms, messages_client)
             await consume_acked(
                 channel, queue.name, RouteConsumer(gateway_id, registry, rooms, gateway.resync)

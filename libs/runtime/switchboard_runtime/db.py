@@ -55,8 +55,10 @@ async def _keep_session(_: "asyncpg.Connection[asyncpg.Record]") -> None:
     """What a connection gets on its way back to the pool, after asyncpg's own clean-up (an open
     transaction rolled back, listeners removed): nothing more. asyncpg's default also runs
     `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip on every
-    release, for session state these services never set: no advisory locks, no cursors held
-    past a transaction, no `SET`, and the outbox relay removes its own listener."""
+    release, for session state these services never leave behind: no cursors held past a
+    transaction, no `SET`; the relays remove their own listeners, and the one session advisory
+    lock (the event log relay's lead) is released by its holder, which terminates the connection
+    when it cannot."""
 
 
 async def create_pool(url: str, schema: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:

@@ -137,10 +137,26 @@ class EventLog:
                         saved, saved_at = self._cursor, time.monotonic()
             finally:
                 self.leader = False
-                with contextlib.suppress(Exception):
-                    await conn.remove_listener(NOTIFY_CHANNEL, self._notified)
-                    await conn.execute("UPDATE relay_cursor SET position = $1", self._cursor)
+                await self._step_down(conn)
+
+    async def _step_down(self, conn: "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]") -> None:
+        """Save the cursor (if the database lets it) and release the lead. A connection whose
+        unlock did not go through is terminated, since its session ending is what releases the
+        lock: back in the pool still holding it, it would block this process's next attempt to
+        lead, and every other instance's, for good."""
+        unlocked = False
+        try:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(NOTIFY_CHANNEL, self._notified)
+            with contextlib.suppress(Exception):
+                await conn.execute("UPDATE relay_cursor SET position = $1", self._cursor)
+            with contextlib.suppress(Exception):
+                unlocked = bool(
                     await conn.fetchval("SELECT pg_advisory_unlock(hashtext(current_schema() || '.relay'))")
+                )
+        finally:
+            if not unlocked:
+                conn.terminate()
 
     def _notified(self, *_: object) -> None:
         self._wake.set()

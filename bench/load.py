@@ -184,8 +184,12 @@ class Session:
     @classmethod
     async def open(cls, url: str, user: str, secret: str, ledger: Ledger | None) -> "Session":
         async for attempt in AsyncRetrying(
-            # A refused or reset connection under a storm is retried as a client would, with backoff.
-            retry=retry_if_exception_type((OSError, websockets.InvalidStatus, TimeoutError)),
+            # A refused or reset connection under a storm is retried as a client would, with
+            # backoff; so is one the gateway closed before answering (its request-head deadline
+            # passed while one side was too busy to send or read it).
+            retry=retry_if_exception_type(
+                (OSError, websockets.InvalidStatus, websockets.InvalidMessage, TimeoutError)
+            ),
             stop=stop_after_attempt(5),
             wait=wait_exponential_jitter(initial=0.2, max=3),
             reraise=True,

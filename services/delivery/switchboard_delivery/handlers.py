@@ -198,16 +198,13 @@ async def on_messages_stored(events: list[MessageStored], uow: Uow, *, preview_c
 async def on_deliveries_acked(events: list[DeliveryAcked], uow: Uow) -> None:
     """Drop the acknowledged deliveries; each sender gets one `message_status` per message of
     theirs that moved, with its totals, however many recipients acknowledged it in this batch."""
-    store = uow.store
-    acked = await store.acknowledge([(event.user_id, m) for event in events for m in event.message_ids])
-    if not acked:
-        return
+    done = await uow.store.acknowledge([(event.user_id, m) for event in events for m in event.message_ids])
     moved: dict[UUID, list[str]] = defaultdict(list)
-    for ack in acked:
+    for ack in done.acked:
         moved[ack.message_id].append(ack.user_id)
-    for status in await store.statuses(list(moved)):
+    for status in done.statuses:
         _tell_sender(uow.outbox, status, moved[status.message_id], "delivered")
-    _cancel(uow.outbox, await store.cancel_delivered(acked), "delivered")
+    _cancel(uow.outbox, done.cancelled, "delivered")
 
 
 async def on_messages_read(events: list[MessagesRead], uow: Uow) -> None:

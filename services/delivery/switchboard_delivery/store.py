@@ -79,6 +79,14 @@ class Cancelled(NamedTuple):
     user_id: str
 
 
+class Acknowledged(NamedTuple):
+    """What a run of acknowledgements did (`Store.acknowledge`)."""
+
+    acked: list[Acked]
+    statuses: list[Status]
+    cancelled: list[Cancelled]
+
+
 class Pending(NamedTuple):
     message_id: UUID
     chat_id: UUID
@@ -118,7 +126,8 @@ class Receipts(NamedTuple):
 
 
 # Totals of message `m` (a row of messages): recipients that acknowledged it (or read it, which
-# implies it), and members that read it. Constants, spliced into queries below (S608).
+# implies it), and members that read it. Constants, spliced into queries below (S608); the
+# function `acknowledge` (migration 0006) computes the same totals.
 _DELIVERED = "(m.recipients - (SELECT count(*) FROM pending p WHERE p.message_id = m.message_id))"
 _READ = (
     "(SELECT count(*) FROM chat_members cm WHERE cm.chat_id = m.chat_id AND cm.user_id <> m.sender_id"
@@ -221,24 +230,37 @@ class Store:
 
     # Acknowledgements, reads, receipts.
 
-    async def acknowledge(self, acks: Sequence[tuple[str, UUID]]) -> list[Acked]:
-        """Drop these (user, message) deliveries; returns those that were still pending: each a
-        recipient's first acknowledgement of that message."""
+    async def acknowledge(self, acks: Sequence[tuple[str, UUID]]) -> Acknowledged:
+        """Drop these (user, message) deliveries, in one round trip (`acknowledge`, migration
+        0006): those that were still pending (each a recipient's first acknowledgement of that
+        message), the totals of their messages as they stand after it, and the open
+        notifications it cancelled."""
         rows = await self.conn.fetch(
-            "DELETE FROM pending p USING unnest($1::text[], $2::uuid[]) AS a (user_id, message_id)"
-            " WHERE p.user_id = a.user_id AND p.message_id = a.message_id RETURNING p.message_id, p.user_id",
+            "SELECT * FROM acknowledge($1::text[], $2::uuid[])",
             [user for user, _ in acks],
             [message for _, message in acks],
         )
-        return [Acked(row[0], row[1]) for row in rows]
-
-    async def statuses(self, message_ids: Sequence[UUID]) -> list[Status]:
-        """The totals of these messages, as they stand in this transaction."""
-        rows = await self.conn.fetch(
-            f"SELECT {_STATUS} FROM messages m WHERE m.message_id = ANY($1::uuid[])",  # noqa: S608
-            list(message_ids),
-        )
-        return [Status(*row) for row in rows]
+        result = Acknowledged([], [], [])
+        for row in rows:
+            kind = row["kind"]
+            if kind == "a":
+                result.acked.append(Acked(row["message_id"], row["user_id"]))
+            elif kind == "s":
+                result.statuses.append(
+                    Status(
+                        row["message_id"],
+                        row["chat_id"],
+                        row["seq"],
+                        row["sender_id"],
+                        row["delivered"],
+                        row["read"],
+                        row["total"],
+                        row["sender_is_member"],
+                    )
+                )
+            else:
+                result.cancelled.append(Cancelled(row["message_id"], row["chat_id"], row["user_id"]))
+        return result
 
     async def mark_read(self, chat_id: UUID, user_id: str, up_to_seq: int) -> tuple[int, int] | None:
         """Move the member's read marker forward; returns (before, after), or None if they are
@@ -305,7 +327,7 @@ class Store:
         none, and one recorded before is not recorded again. An acknowledgement of the same
         message may be handled at this moment by another instance (acks come in the user's
         partition): the pending rows are locked, so the ack either committed first (the row is
-        gone: no request) or waits and then cancels what this inserted (`cancel_delivered`).
+        gone: no request) or waits and then cancels what this inserted (`acknowledge`).
         """
         rows = await self.conn.fetch(
             "INSERT INTO notifications (message_id, user_id, chat_id, seq)"
@@ -336,22 +358,6 @@ class Store:
             limit,
         )
         return [Unnotified(*row) for row in rows]
-
-    async def cancel_delivered(self, acked: Sequence[Acked]) -> list[Cancelled]:
-        """Cancel the open notifications of these first acknowledgements.
-
-        A statement of its own after the delete (`acknowledge`), with a fresh snapshot: a
-        notification request for the same message that the delete waited for is seen here.
-        """
-        rows = await self.conn.fetch(
-            "UPDATE notifications n SET cancelled_at = now()"
-            " FROM unnest($1::text[], $2::uuid[]) AS a (user_id, message_id)"
-            " WHERE n.user_id = a.user_id AND n.message_id = a.message_id AND n.cancelled_at IS NULL"
-            " RETURNING n.message_id, n.chat_id, n.user_id",
-            [a.user_id for a in acked],
-            [a.message_id for a in acked],
-        )
-        return [Cancelled(row[0], row[1], row[2]) for row in rows]
 
     async def cancel_read(self, chat_id: UUID, user_id: str, up_to_seq: int) -> list[Cancelled]:
         rows = await self.conn.fetch(

@@ -2,7 +2,7 @@
 room-based baseline, measures the floor, and writes bench/results/<date>/ (results.json,
 results.md, plots) and the results part of docs/benchmarks.md.
 
-    .venv/bin/python -m bench                 # the full suite, about 25 minutes
+    .venv/bin/python -m bench                 # the full suite, about 40 minutes on a 2-core machine
     .venv/bin/python -m bench --short         # seconds per scenario; fails on loss or duplicates
     .venv/bin/python -m bench --scenario pairs --target switchboard
 

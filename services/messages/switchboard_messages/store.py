@@ -22,7 +22,6 @@ from .read_store import ReadStore
 __all__ = ["Store", "visible_to"]
 
 # A constant, never user input: the f-strings below that splice it in are safe (S608).
-_MESSAGE_COLUMNS = "id, chat_id, seq, sender_id, content, message_type, reply_to, created_at"
 _HISTORY_COLUMNS = "m.id, m.chat_id, m.seq, m.sender_id, m.content, m.message_type, m.reply_to, m.created_at"
 _CHAT_SELECT = (
     "SELECT c.id, c.type, c.title, c.created_at,"

@@ -64,7 +64,8 @@ async def consume_acked(
     channel: AbstractRobustChannel, queue: str, callback: Callable[[Delivery], Awaitable[None]]
 ) -> None:
     """Deliver `queue`'s messages to `callback` as `consume` does, and acknowledge each once the
-    callback has returned. One it raised for stays unacknowledged until its channel closes."""
+    callback has returned. One it raised for is not acknowledged itself; the acknowledgement of
+    a later delivery (multiple) covers it, so the queue never stalls on it."""
     acks = Acknowledger()
 
     async def handle(message: Delivery) -> None:

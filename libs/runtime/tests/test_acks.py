@@ -96,14 +96,16 @@ async def acked(channel: Channel) -> None:
 
 async def test_a_delivery_is_acknowledged_once_its_callback_has_returned() -> None:
     channel = Channel()
-    release = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
 
     async def callback(message: RouteDelivery) -> None:
+        entered.set()
         await release.wait()
 
     await consume_acked(cast(AbstractRobustChannel, channel), "queue", callback)
     handling = asyncio.create_task(channel.delivered(1))
-    await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        await entered.wait()
     assert channel.acks == []
     release.set()
     await handling
@@ -113,17 +115,25 @@ async def test_a_delivery_is_acknowledged_once_its_callback_has_returned() -> No
 
 async def test_a_delivery_whose_callback_raised_is_not_acknowledged() -> None:
     channel = Channel()
+    entered, release = asyncio.Event(), asyncio.Event()
 
     async def callback(message: RouteDelivery) -> None:
         if message.delivery_tag == 1:
             raise RuntimeError("handling failed")
+        entered.set()
+        await release.wait()
 
     await consume_acked(cast(AbstractRobustChannel, channel), "queue", callback)
     with pytest.raises(RuntimeError):
         await channel.delivered(1)
-    await asyncio.sleep(0.01)
+    # The next delivery's callback is under way: an acknowledgement of the first, had one been
+    # started, would have gone out by the time it got there.
+    handling = asyncio.create_task(channel.delivered(2))
+    async with asyncio.timeout(5):
+        await entered.wait()
     assert channel.acks == []
     # A later delivery's acknowledgement (multiple) still covers it: the consumer goes on.
-    await channel.delivered(2)
+    release.set()
+    await handling
     await acked(channel)
     assert channel.acks == [(2, True)]

@@ -20,12 +20,21 @@ class Broker:
         self.batches: list[tuple[str, list[bytes]]] = []
         self.confirm = asyncio.Event()
         self.fail: Exception | None = None
+        self._published = asyncio.Event()
 
     async def publish_batch(self, routing_key: str, events: list[bytes]) -> None:
         self.batches.append((routing_key, list(events)))
+        self._published.set()
         await self.confirm.wait()
         if self.fail is not None:
             raise self.fail
+
+    async def published(self, count: int) -> None:
+        """Until `count` batches have been handed to the broker."""
+        async with asyncio.timeout(5):
+            while len(self.batches) < count:
+                self._published.clear()
+                await self._published.wait()
 
 
 def batcher(broker: Broker) -> EventBatcher:
@@ -85,6 +94,12 @@ async def test_emit_logged_reports_a_failure_to_its_callback() -> None:
     assert isinstance(await asyncio.wait_for(failed, 5), ConnectionError)
 
 
+def session_batches(broker: Broker) -> list[str]:
+    """The event type of each batch published, heartbeats left out."""
+    types = [key.rsplit(".", 1)[0] for key, _ in broker.batches]
+    return [t for t in types if t != GatewayHeartbeat.TYPE]
+
+
 async def test_types_that_keep_their_order_share_one_publish_in_flight_per_partition() -> None:
     broker = Broker()
     in_order = [{SessionOpened.TYPE, SessionClosed.TYPE}]
@@ -92,17 +107,18 @@ async def test_types_that_keep_their_order_share_one_publish_in_flight_per_parti
     opened = SessionOpened(session_id="s1", user_id="ann", gateway_id="g")
     closed = SessionClosed(session_id="s1", user_id="ann", gateway_id="g", closed_at=datetime.now(UTC))
     first = events.emit(opened)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await broker.published(1)
     # The opening is in flight; the closing, another routing key, waits behind it instead of
-    # leaving on a stream of its own, and a second opening behind that.
+    # leaving on a stream of its own, and a second opening behind that. A heartbeat emitted
+    # after them, on a stream of its own, leaves at once: by the time it is published, a
+    # closing on a stream of its own would have been too.
     later = [events.emit(closed), events.emit(opened)]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert [key.rsplit(".", 1)[0] for key, _ in broker.batches] == [SessionOpened.TYPE]
+    heartbeat = events.emit(GatewayHeartbeat(gateway_id="g", sessions=1))
+    await broker.published(2)
+    assert session_batches(broker) == [SessionOpened.TYPE]
     broker.confirm.set()
-    await asyncio.gather(first, *later)
-    assert [key.rsplit(".", 1)[0] for key, _ in broker.batches] == [
+    await asyncio.gather(first, *later, heartbeat)
+    assert session_batches(broker) == [
         SessionOpened.TYPE,
         SessionClosed.TYPE,
         SessionOpened.TYPE,

@@ -31,7 +31,7 @@ _CHAT_SELECT = (
 # A chat's last seq and the version of its event stream, read from their indexes rather than
 # kept in the chat row: an update of the chat row per batch would be one more row written per
 # message. Only valid after the chat row is locked, in a statement of its own (a later
-# snapshot than the lock's wait).
+# snapshot than the lock's wait). `lock_for_sends` (migration 0004) reads both the same way.
 _LAST_SEQ = "coalesce((SELECT max(seq) FROM messages mm WHERE mm.chat_id = {chat}), 0)"
 _VERSION = "coalesce((SELECT max(stream_version) FROM event_log e WHERE e.stream_id = {chat}), 0)"
 

@@ -14,6 +14,11 @@ async def send_all(sender: Client, plan: list[tuple[str, str]]) -> None:
         await sender.send_message(chat, content)
 
 
+def delivered(sender: Client) -> set[str]:
+    """The sender's messages a recipient acknowledged, as its `message_status` frames say."""
+    return {s["message_id"] for s in sender.of("message_status") if s["status"] == "delivered"}
+
+
 def seqs(client: Client, chat: str) -> list[int]:
     return [m["seq"] for m in client.messages(chat)]
 
@@ -25,9 +30,16 @@ async def test_device_syncs_every_missed_message_in_order_while_live_ones_arrive
     alice = await connect(a, gateway=0)
     phone = await connect(b, gateway=1)
     await send_all(alice, [(chat, f"seen {i}") for chat in chats for i in range(5)])
-    await phone.wait_messages(15)
+    unread = [m["id"] for m in await phone.wait_messages(15) if m["chat_id"] != chats[0]]
     await phone.send("mark_read", {"chat_id": chats[0], "seq": 5})
     await phone.next("read_marked")
+    # All 15 read or received, so the connect-time catch-up can only hold what the sync replays.
+    await phone.send("message_received", {"message_ids": unread})
+    await alice.wait(
+        lambda _: (
+            set(unread) <= delivered(alice) and any(s["status"] == "read" for s in alice.of("message_status"))
+        )
+    )
     await phone.close()  # the phone goes away knowing seq 5 of each chat
 
     await send_all(alice, [(chats[i % 3], f"missed {i}") for i in range(200)])
@@ -56,9 +68,16 @@ async def test_sync_past_the_compaction_limit_says_compacted(connect: Connector)
     chat = await connect.api(a).create_chat([b])
     quiet = await connect.api(a).create_chat([b])
     alice = await connect(a)
+    phone = await connect(b)
     await send_all(alice, [(chat, f"m{i}") for i in range(120)])
-    await alice.wait(lambda _: len(alice.of("message_sent")) == 120)
+    # The phone acknowledges everything, so nothing is queued for the tablet: what the tablet
+    # gets is the sync's replay alone, not a connect-time catch-up racing it.
+    ids = [m["id"] for m in await phone.wait_messages(120, chat)]
+    await phone.send("message_received", {"message_ids": ids})
+    await alice.wait(lambda _: delivered(alice) == set(ids))
+    await phone.close()
     tablet = await connect(b, gateway=1)
+    assert await tablet.next("queue_flushed") == {"count": 0}
     await tablet.send("mark_read", {"chat_id": chat, "seq": 30})
     await tablet.next("read_marked")
 
@@ -71,6 +90,7 @@ async def test_sync_past_the_compaction_limit_says_compacted(connect: Connector)
 
     # A device may ask for less (a metered link) on another connection.
     phone = await connect(b)
+    assert await phone.next("queue_flushed") == {"count": 0}
     await phone.send("sync", {"chats": {chat: 10, quiet: 0}, "limit": 50})
     done = (await phone.next("sync_done"))["chats"]
     assert done[chat] == {"result": "compacted", "from_seq": 71, "to_seq": 120, "unread": 90}

@@ -143,13 +143,13 @@ async def counts(target: Target) -> Counts:
 
 
 def work(before: Counts, after: Counts, units: int) -> dict[str, Any]:
-    """Rows and commits, broker publishes, routings, deliveries and acks per unit (a message
-    sent, or one delivered), with why the broker's are missing when they are."""
+    """Rows, commits and WAL full-page images, broker publishes, routings, deliveries and acks per
+    unit (a message sent, or one delivered), with why the broker's are missing when they are."""
     per_broker, error = broker.per_unit(before.rabbitmq, after.rabbitmq, units)
     result: dict[str, Any] = {
         "database_per_message": {
             key: round((after.database[key] - before.database[key]) / units, 2) if units else 0.0
-            for key in ("commits", "rows")
+            for key in ("commits", "rows", "full_page_images")
         },
         "broker_per_message": per_broker,
     }

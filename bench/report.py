@@ -269,12 +269,14 @@ def cpu_table(name: str, by_target: dict[str, Any]) -> list[str]:
 def work_table(entries: list[tuple[str, dict[str, Any]]], *, per_delivery: bool = False) -> list[str]:
     """Per entry (a label and a step or one-off result): CPU of the system (every process but the
     load generator) per message, and per delivery when a message has several recipients; broker
-    publishes, routings, deliveries and acks and database rows and commits, per message."""
+    publishes, routings, deliveries and acks, database rows and commits and WAL full-page images,
+    per message."""
     delivery_head = " µs CPU / delivery |" if per_delivery else ""
     lines = [
         f"| system | µs CPU / message |{delivery_head} broker publishes / message | broker routed"
-        " | broker deliveries | broker acks | rows written / message | commits / message |",
-        "|---|---|" + "---|" * (7 if per_delivery else 6),
+        " | broker deliveries | broker acks | rows written / message | commits / message"
+        " | WAL full-page images / message |",
+        "|---|---|" + "---|" * (8 if per_delivery else 7),
     ]
     errors = set()
     for label, step in entries:
@@ -291,8 +293,10 @@ def work_table(entries: list[tuple[str, dict[str, Any]]], *, per_delivery: bool 
         if queued is None:
             errors.add(step.get("broker_error", "not measured in this run"))
         written = step.get("database_per_message")
-        for key in ("rows", "commits"):
-            cells.append("–" if written is None else f"{written[key]:,.2f}")
+        for key in ("rows", "commits", "full_page_images"):
+            # Results written before full-page images were counted have none.
+            value = None if written is None else written.get(key)
+            cells.append("–" if value is None else f"{value:,.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     if errors:
         lines += ["", f"No broker figures: {'; '.join(sorted(errors))}."]

@@ -70,19 +70,28 @@ class Target:
     metrics_urls: dict[str, str] = field(default_factory=dict)
 
     async def database_writes(self) -> dict[str, int]:
-        """Transactions committed and rows written so far in this target's database, from
-        PostgreSQL's own statistics (which a backend reports within a second or so)."""
+        """Transactions committed and rows written so far in this target's database, and the
+        full-page images the server wrote to its WAL, from PostgreSQL's own statistics (which a
+        backend reports within a second or so).
+
+        Full-page images are the trace of a checkpoint: after one starts, the first change to
+        each page writes the whole page to the WAL, so commits cost more for a while. The
+        counter is the server's (nothing else runs during a step), not this database's.
+        """
         # pg_stat_database is cluster-wide: read it from the server's maintenance database.
         conn = await asyncpg.connect(urlunsplit(urlsplit(DATABASE_URL)._replace(path="/postgres")))
         try:
             row = await conn.fetchrow(
-                "SELECT xact_commit AS commits, tup_inserted + tup_updated + tup_deleted AS rows"
+                "SELECT xact_commit AS commits, tup_inserted + tup_updated + tup_deleted AS rows,"
+                " (SELECT wal_fpi FROM pg_stat_wal) AS full_page_images"
                 " FROM pg_stat_database WHERE datname = $1",
                 self.database,
             )
         finally:
             await conn.close()
-        return {"commits": row["commits"], "rows": row["rows"]} if row else {"commits": 0, "rows": 0}
+        if row is None:
+            return {"commits": 0, "rows": 0, "full_page_images": 0}
+        return {key: row[key] for key in ("commits", "rows", "full_page_images")}
 
     async def create_chats(self, chats: list[tuple[str, list[str], str]], concurrency: int = 20) -> list[str]:
         """Create chats (creator, other members, "direct" or "group") through the HTTP API."""

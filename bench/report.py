@@ -294,9 +294,7 @@ def work_table(entries: list[tuple[str, dict[str, Any]]], *, per_delivery: bool 
             errors.add(step.get("broker_error", "not measured in this run"))
         written = step.get("database_per_message")
         for key in ("rows", "commits", "full_page_images"):
-            # Results written before full-page images were counted have none.
-            value = None if written is None else written.get(key)
-            cells.append("–" if value is None else f"{value:,.2f}")
+            cells.append("–" if written is None else f"{written[key]:,.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     if errors:
         lines += ["", f"No broker figures: {'; '.join(sorted(errors))}."]

@@ -7,10 +7,11 @@ type (`...v2`) rather than a changed `v1`.
 
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .ids import new_id
 from .models import ChatType, MessageOut
 
 __all__ = [
@@ -59,7 +60,7 @@ class Event(BaseModel):
 class Envelope(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    id: UUID = Field(default_factory=uuid4)
+    id: UUID = Field(default_factory=new_id)
     type: str
     source: str
     time: datetime = Field(default_factory=_now)
@@ -72,7 +73,7 @@ class Envelope(BaseModel):
         and an `Event` is valid once constructed (validating it all again was a noticeable share
         of a busy gateway's CPU)."""
         return cls.model_construct(
-            id=event_id or uuid4(),
+            id=event_id or new_id(),
             type=event.TYPE,
             source=source,
             time=_now(),

@@ -18,12 +18,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import uuid4
 
 import structlog
 from aiolimiter import AsyncLimiter
 
 from switchboard_contracts.errors import ErrorCode
+from switchboard_contracts.ids import new_id
 from switchboard_contracts.pages import unpack_page
 from switchboard_contracts.wire import encode_frame
 
@@ -78,7 +78,7 @@ class Session:
     typing_limit: AsyncLimiter | None = None
     # How often this session may `sync` (created on its first `sync`).
     sync_limit: AsyncLimiter | None = None
-    id: str = field(default_factory=lambda: f"s-{uuid4().hex}")
+    id: str = field(default_factory=lambda: f"s-{new_id().hex}")
     catching_up: bool = True
     # A `sync` is replaying history: live messages wait, queue flush pages are ignored.
     syncing: bool = False
@@ -253,7 +253,7 @@ class Session:
     def begin_catch_up(self) -> None:
         """Hold live messages until delivery's flush for this session ends."""
         self.catching_up = True
-        self.flush_id = uuid4().hex
+        self.flush_id = new_id().hex
         self._expected_after = 0
         self._flushed_seq, self._flushed_count = {}, 0
         self._next_page_after = None
@@ -277,7 +277,7 @@ class Session:
         """
         self.syncing = True
         self.catching_up = True
-        self.flush_id = uuid4().hex
+        self.flush_id = new_id().hex
         self._expected_after = self._next_page_after = None
         if self._flush_timer is not None:
             self._flush_timer.cancel()

@@ -6,12 +6,13 @@ Not for clients. The gateway authenticates the caller and passes the user id in
 
 from datetime import UTC, datetime
 from typing import Annotated
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 
 from switchboard_contracts.errors import ErrorCode
 from switchboard_contracts.events import ChatCreated, ChatMemberAdded, ChatMemberRemoved, Event
+from switchboard_contracts.ids import new_id
 from switchboard_contracts.models import (
     MAX_SEQ,
     AddMember,
@@ -58,7 +59,7 @@ async def _lock_as_member(store: Store, chat_id: UUID, caller: str) -> ChatState
 @router.post("/chats", status_code=201)
 async def create_chat(body: CreateChat, caller: Caller, units: Units) -> ChatOut:
     chat = ChatOut(
-        id=uuid4(),
+        id=new_id(),
         type=body.type,
         title=body.title,
         members=chat_members_for(caller, body),

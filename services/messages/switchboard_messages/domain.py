@@ -3,10 +3,11 @@
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from switchboard_contracts.errors import ErrorCode
 from switchboard_contracts.events import MessageSent
+from switchboard_contracts.ids import new_id
 from switchboard_contracts.models import ChatSync, CreateChat, MessageOut
 from switchboard_runtime.http_errors import ApiError
 
@@ -57,7 +58,7 @@ def check_membership_change(chat: ChatState) -> None:
 def next_message(chat: ChatState, sent: MessageSent, now: datetime) -> MessageOut:
     """The message a send becomes: the chat's next seq, a fresh unguessable id."""
     return MessageOut(
-        id=uuid4(),
+        id=new_id(),
         chat_id=chat.id,
         seq=chat.last_seq + 1,
         sender_id=sent.sender_id,

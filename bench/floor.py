@@ -1,6 +1,6 @@
 """The floor: what the broker and the database alone do on this machine, with no Switchboard code.
 
-Issue 6 reports Switchboard's knee as a fraction of this. Two measurements, each bounded in
+The report gives Switchboard's knee as a fraction of this. Two measurements, each bounded in
 count and time, loopback only:
 
 - RabbitMQ: persistent messages of `--size` bytes published with publisher confirms (a window

@@ -32,7 +32,7 @@ class Sizes:
     targets: dict[str, float] = field(default_factory=dict)
 
 
-# The targets of issue 6, for this 2-core machine.
+# The targets for this 2-core machine (docs/benchmarks.md section 4).
 TARGETS_FULL = {
     "offline_flush_seconds": 1.0,
     "idle_rss_per_session_kb": 30.0,

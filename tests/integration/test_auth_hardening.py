@@ -1,4 +1,4 @@
-"""Issue 5, token checks beyond test_bad_input.py: `nbf` and `iat` in the future, audience and
+"""Token checks beyond test_bad_input.py: `nbf` and `iat` in the future, audience and
 issuer when configured, and the maximum token age that bounds replaying an old token.
 
 One gateway for the module, configured with an audience, an issuer and a maximum age. Every

@@ -1,4 +1,4 @@
-"""Issue 5: a protocol fuzzer. Random and mutated frames at the gateway, over real sockets.
+"""A protocol fuzzer. Random and mutated frames at the gateway, over real sockets.
 
 Every frame gets a documented answer or none, the socket stays open (except for the documented
 closes: 1009 for a frame over the size limit, 1007 for a text frame that is not UTF-8, 4401 for a
@@ -579,7 +579,7 @@ def _log_sizes(system: System) -> dict[str, int]:
 
 
 # uvicorn logs each text frame that is not UTF-8 at error level, with a traceback, before the
-# documented 1007 close: expected here (see the report of issue 5), anything else is not.
+# documented 1007 close: expected here, anything else is not.
 EXPECTED_LOG_ERRORS = ("Invalid UTF-8 sequence received from client.",)
 
 
@@ -788,7 +788,7 @@ def _problem(frame: Frame, fuzzer: Fuzzer, allowed_errors: frozenset[str]) -> st
     return None
 
 
-# Failures the fuzzer found, kept so that every run tries them (issue 5's report has the details).
+# Failures the fuzzer found, kept so that every run tries them; each says what it found.
 FOUND: tuple[list[Send], ...] = (
     # messages answers 500 for a `since` whose UTC time is before year 1: `internal`, then 1013.
     [Json({"event": "sync", "data": {"since": "0001-01-01T00:00:00+14:00"}})],

@@ -1,4 +1,4 @@
-"""Issue 5, abuse limits: each limit is hit for real, answers its documented code, and leaves
+"""Abuse limits: each limit is hit for real, answers its documented code, and leaves
 the other sessions on the same gateway working.
 
 One gateway with small limits for the whole module. Linux routes all of 127.0.0.0/8 to the

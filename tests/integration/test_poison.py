@@ -1,4 +1,4 @@
-"""Issue 5: a poison event is dead-lettered after a bounded number of deliveries, never blocks the
+"""A poison event is dead-lettered after a bounded number of deliveries, never blocks the
 healthy events behind it, and can be listed and replayed with `switchboard-admin dlq`."""
 
 import asyncio

@@ -16,6 +16,7 @@ from switchboard_contracts.topology import Topology
 from switchboard_runtime.acks import consume_acked
 from switchboard_runtime.amqp import Bus
 from switchboard_runtime.batcher import EventBatcher
+from switchboard_runtime.bindings import Bindings
 from switchboard_runtime.http_errors import install_error_handlers
 from switchboard_runtime.logs import configure_logging
 from switchboard_runtime.service import (
@@ -111,24 +112,29 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
                 topology.gateway_queue(gateway_id), exclusive=True, auto_delete=True
             )
             await queue.bind(topology.route_exchange, Topology.gateway_key(gateway_id))
-            registry = Registry(queue, topology)
+            # The users' and rooms' keys come and go with sessions, bound in batches.
+            bindings = Bindings(bus.connection, queue.name, topology.route_exchange)
+            registry = Registry(bindings)
             SESSIONS.set_function(lambda: len(registry.sessions))
 
             async def publish_route(key: str, frame: bytes, headers: dict[str, object]) -> bool:
                 return await bus.publish("route", key, frame, headers=headers)
 
-            rooms = Rooms(queue, topology, publish_route, settings.typing_ttl_seconds)
+            rooms = Rooms(bindings, publish_route, settings.typing_ttl_seconds)
             # A session's closing must never overtake its opening (a resync announces every
             # session again while some close): presence would keep a session that is gone.
             events = EventBatcher(
                 bus, source=f"gateway/{gateway_id}", in_order=[{SessionOpened.TYPE, SessionClosed.TYPE}]
             )
-            gateway = Gateway(gateway_id, settings, bus, events, registry, verifier, rooms, messages_client)
+            gateway = Gateway(
+                gateway_id, settings, bus, events, registry, verifier, rooms, messages_client, bindings
+            )
             await consume_acked(
                 channel, queue.name, RouteConsumer(gateway_id, registry, rooms, gateway.resync)
             )
-            bus.connection.reconnect_callbacks.add(gateway.resync)
+            bus.connection.reconnect_callbacks.add(gateway.reconnected)
             runtime = Runtime(bus=bus)
+            spawn(bindings.run(), runtime.tasks, "bindings")
             spawn(heartbeat(gateway), runtime.tasks, "heartbeat")
             freeze_startup_heap()
             app.state.gateway = gateway

@@ -14,12 +14,14 @@ __all__ = ["BoundGroups", "Bindable", "KeyedLocks", "Registry"]
 
 
 class Bindable(Protocol):
-    """The route queue as far as bindings go: the broker's queue object satisfies this, so the
-    gateway needs no broker client types of its own."""
+    """The route queue's bindings (the runtime's `Bindings`): `bind` returns once the broker
+    routes the key here, `unbind` lets it go without waiting."""
 
-    async def bind(self, exchange: str, routing_key: str) -> object: ...
+    async def bind(self, routing_key: str) -> None: ...
 
-    async def unbind(self, exchange: str, routing_key: str) -> object: ...
+    def unbind(self, routing_key: str) -> None: ...
+
+    async def restore(self) -> None: ...
 
 
 class KeyedLocks:
@@ -49,9 +51,8 @@ class BoundGroups:
     """Sessions grouped by a key (a user, a chat room); this gateway's queue is bound to the
     key's routing key while its group has anyone, and unbound when the last one leaves."""
 
-    def __init__(self, queue: Bindable, exchange: str, routing_key: Callable[[str], str]) -> None:
-        self.queue = queue
-        self.exchange = exchange
+    def __init__(self, bindings: Bindable, routing_key: Callable[[str], str]) -> None:
+        self.bindings = bindings
         self.routing_key = routing_key
         self.groups: dict[str, set[Session]] = {}
         self._lock = KeyedLocks()
@@ -60,7 +61,7 @@ class BoundGroups:
         """Bound before the session counts as a member, so nothing routed meanwhile is missed."""
         async with self._lock(key):
             if not self.groups.get(key):
-                await self.queue.bind(self.exchange, self.routing_key(key))
+                await self.bindings.bind(self.routing_key(key))
             self.groups.setdefault(key, set()).add(session)
 
     async def discard(self, key: str, session: Session) -> bool:
@@ -72,9 +73,7 @@ class BoundGroups:
             group.discard(session)
             if not group:
                 del self.groups[key]
-                # A failed unbind leaves a binding that routes to nobody here: harmless.
-                with contextlib.suppress(Exception):
-                    await self.queue.unbind(self.exchange, self.routing_key(key))
+                self.bindings.unbind(self.routing_key(key))
             return True
 
     def members(self, key: str) -> set[Session]:
@@ -82,9 +81,9 @@ class BoundGroups:
 
 
 class Registry:
-    def __init__(self, queue: Bindable, topology: Topology) -> None:
+    def __init__(self, bindings: Bindable) -> None:
         self.sessions: dict[str, Session] = {}
-        self.by_user = BoundGroups(queue, topology.route_exchange, Topology.user_key)
+        self.by_user = BoundGroups(bindings, Topology.user_key)
 
     async def attach(self, session: Session) -> None:
         """Bind the user's route (first session here) before the session counts as connected."""

@@ -33,8 +33,8 @@ def typing_frame(chat_id: str, user_id: str, is_typing: bool) -> bytes:
 
 
 class Rooms:
-    def __init__(self, queue: Bindable, topology: Topology, publish: Publish, typing_ttl: float) -> None:
-        self.rooms = BoundGroups(queue, topology.route_exchange, Topology.room_key)
+    def __init__(self, bindings: Bindable, publish: Publish, typing_ttl: float) -> None:
+        self.rooms = BoundGroups(bindings, Topology.room_key)
         self.publish = publish
         self.typing_ttl = typing_ttl
         # Receiving side: (chat, typer) -> the timer that ends that typing state here.

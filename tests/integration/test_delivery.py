@@ -70,6 +70,26 @@ async def test_offline_recipient_gets_queue_in_order_then_nothing_after_ack(conn
     assert again.messages() == []
 
 
+async def test_many_users_reconnecting_at_once_each_get_their_own_backlog(connect: Connector) -> None:
+    # Their first pages are made in the same batches and travel together to the gateway that
+    # holds them (flush-pages); each session takes its own, in order, and nobody else's.
+    a = unique("a")
+    users = [unique("r") for _ in range(40)]
+    chats = await asyncio.gather(*(connect.api(a).create_chat([u], kind="direct") for u in users))
+    alice = await connect(a)
+    for n, chat in enumerate(chats):
+        for i in range(n % 3 + 1):
+            await alice.send_message(chat, f"{n}.{i}")
+    await alice.wait(lambda _: len(alice.of("message_delivery_info")) == sum(n % 3 + 1 for n in range(40)))
+
+    clients = await asyncio.gather(*(connect(u) for u in users))
+    flushed = await asyncio.gather(*(client.next("queue_flushed") for client in clients))
+    for n, (client, chat, done) in enumerate(zip(clients, chats, flushed, strict=True)):
+        assert done == {"count": n % 3 + 1}
+        assert [m["content"] for m in client.messages()] == [f"{n}.{i}" for i in range(n % 3 + 1)]
+        assert {m["chat_id"] for m in client.messages()} == {chat}
+
+
 async def test_users_on_different_gateways_exchange_messages(connect: Connector) -> None:
     a, b = unique("a"), unique("b")
     chat = await connect.api(a).create_chat([b], kind="direct")

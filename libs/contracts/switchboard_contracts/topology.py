@@ -91,6 +91,8 @@ class Kind:
     # A whole page of a queue flush, its frames packed in one body (pages.py), with the headers
     # that end the page.
     FLUSH_PAGE = "flush-page"
+    # Pages of several sessions of one gateway, each with what its headers would say (pages.py).
+    FLUSH_PAGES = "flush-pages"
     # Published to a chat's room key (`typing`): for the sessions of this gateway that joined it.
     ROOM = "room"
     # To a gateway from presence: announce every session again (presence had expired them).

@@ -10,6 +10,7 @@ changes nothing twice and only sends its frames again.
 
 import functools
 from collections import defaultdict
+from dataclasses import replace
 from typing import Literal
 from uuid import UUID
 
@@ -30,7 +31,7 @@ from switchboard_contracts.events import (
     UserWentOffline,
     UserWentOnline,
 )
-from switchboard_contracts.pages import PageEntry, pack_page
+from switchboard_contracts.pages import PageEntry, PageHead, pack_page, pack_pages
 from switchboard_contracts.partitions import partition_of
 from switchboard_contracts.routing import Live, Reply, Signal
 from switchboard_contracts.topology import Headers, Kind, Topology
@@ -256,24 +257,27 @@ def _cancel(outbox: Outbox, cancelled: list[Cancelled], reason: Literal["deliver
 
 async def on_sessions_registered(events: list[SessionRegistered], uow: Uow, *, limits: FlushPage) -> None:
     """A session opened: send it what its user has not acknowledged, first page."""
-    for event in events:
-        await _flush_page(
-            uow, limits, event.user_id, event.session_id, event.gateway_id, event.flush_id, 0, ""
-        )
+    pages = [
+        await _flush_page(uow, limits, event.user_id, event.session_id, event.flush_id, 0, "")
+        for event in events
+    ]
+    _send_pages(uow.outbox, [event.gateway_id for event in events], pages, limits.bytes)
 
 
 async def on_flushes_requested(events: list[FlushRequested], uow: Uow, *, limits: FlushPage) -> None:
-    for event in events:
+    pages = [
         await _flush_page(
             uow,
             limits,
             event.user_id,
             event.session_id,
-            event.gateway_id,
             event.flush_id,
             event.after_position,
             event.after_cursor,
         )
+        for event in events
+    ]
+    _send_pages(uow.outbox, [event.gateway_id for event in events], pages, limits.bytes)
 
 
 async def _flush_page(
@@ -281,29 +285,51 @@ async def _flush_page(
     limits: FlushPage,
     user_id: str,
     session_id: str,
-    gateway_id: str,
     flush_id: str,
     after_position: int,
     after_cursor: str,
-) -> None:
-    """One page of the flush, in order, as one broker message that says whether more is queued."""
+) -> tuple[PageHead, bytes]:
+    """One page of the flush, in order, and whether more is queued after it."""
     partitions = uow.outbox.partitions
     cursor = decode_cursor(after_cursor, after_position, partitions)
     page = await uow.store.backlog_page(user_id, cursor, limits.messages, limits.bytes)
-    headers: dict[str, object] = {
-        Headers.KIND: Kind.FLUSH_PAGE,
-        Headers.SESSION: session_id,
-        Headers.FLUSH: flush_id,
-        Headers.AFTER: after_position,
-        Headers.COUNT: len(page.rows),
-    }
+    head = PageHead(session_id, flush_id, after_position, len(page.rows))
     if page.more and page.rows:
-        headers[Headers.MORE] = page.rows[-1].position
-        headers[Headers.CURSOR] = encode_cursor(
-            advance_cursor(cursor, ((r.part, r.position) for r in page.rows))
-        )
+        more = advance_cursor(cursor, ((r.part, r.position) for r in page.rows))
+        head = replace(head, more_after=page.rows[-1].position, cursor=encode_cursor(more))
     body = pack_page([PageEntry(str(r.message_id), str(r.chat_id), r.seq, r.frame) for r in page.rows])
-    uow.outbox.publish(Topology.gateway_key(gateway_id), body, headers)
+    return head, body
+
+
+def _send_pages(
+    outbox: Outbox, gateways: list[str], pages: list[tuple[PageHead, bytes]], max_bytes: int
+) -> None:
+    """A gateway's pages of this batch as one broker message (up to about a page's bytes), a
+    lone page as a `flush-page` whose headers say what it is."""
+    by_gateway: dict[str, list[list[tuple[PageHead, bytes]]]] = defaultdict(list)
+    for gateway_id, page in zip(gateways, pages, strict=True):
+        groups = by_gateway[gateway_id]
+        if not groups or sum(len(body) for _, body in groups[-1]) + len(page[1]) > max_bytes:
+            groups.append([])
+        groups[-1].append(page)
+    for gateway_id, groups in by_gateway.items():
+        key = Topology.gateway_key(gateway_id)
+        for group in groups:
+            if len(group) > 1:
+                outbox.publish(key, pack_pages(group), {Headers.KIND: Kind.FLUSH_PAGES})
+                continue
+            [(head, body)] = group
+            headers: dict[str, object] = {
+                Headers.KIND: Kind.FLUSH_PAGE,
+                Headers.SESSION: head.session_id,
+                Headers.FLUSH: head.flush_id,
+                Headers.AFTER: head.after,
+                Headers.COUNT: head.count,
+            }
+            if head.more_after is not None:
+                headers[Headers.MORE] = head.more_after
+                headers[Headers.CURSOR] = head.cursor
+            outbox.publish(key, body, headers)
 
 
 def handlers_for(limits: FlushPage, *, preview_chars: int = 0) -> dict[type[Event], Handler]:

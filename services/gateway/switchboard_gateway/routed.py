@@ -2,12 +2,14 @@
 
 Frames for users and sessions come packed, many to a message (`routing.py`: `Live`, `Signal`,
 `Reply`); a catch-up page comes as a message of its own with the headers that end it (`Page`),
-and so does a typing frame published to a chat's room (`RoomFrame`).
+or with other sessions' pages made in the same batch, each with its own head (`pages.py`); a
+typing frame published to a chat's room comes alone (`RoomFrame`).
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from switchboard_contracts.pages import PageHead
 from switchboard_contracts.routing import Live, Reply, Signal
 from switchboard_contracts.topology import Headers
 
@@ -53,6 +55,11 @@ class Page:
             more_after=_number(headers, Headers.MORE),
             more_cursor=header_text(headers, Headers.CURSOR) or "",
         )
+
+    @classmethod
+    def from_head(cls, head: PageHead, body: bytes) -> "Page":
+        """One of the pages of a `flush-pages` message."""
+        return cls(head.session_id, body, head.flush_id, head.after, head.count, head.more_after, head.cursor)
 
 
 @dataclass(frozen=True, slots=True)

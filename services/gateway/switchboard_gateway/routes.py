@@ -6,6 +6,7 @@ from typing import Any
 
 import structlog
 
+from switchboard_contracts.pages import unpack_pages
 from switchboard_contracts.routing import Live, Reply, unpack_route
 from switchboard_contracts.topology import Kind
 from switchboard_runtime.delivery import Delivery
@@ -45,6 +46,8 @@ class RouteConsumer:
             page = Page.from_message(message.body, headers)
             if page is not None:
                 self.registry.to_session(page.session_id, page)
+        elif kind == Kind.FLUSH_PAGES:
+            self._pages(message.body)
         elif kind == Kind.ROOM:
             room = RoomFrame.from_message(message.body, headers)
             if room is not None:
@@ -54,6 +57,15 @@ class RouteConsumer:
             task = asyncio.create_task(self.resync())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _pages(self, body: bytes) -> None:
+        try:
+            pages = unpack_pages(body)
+        except ValueError:
+            log.exception("unreadable flush pages dropped")
+            return
+        for head, page in pages:
+            self.registry.to_session(head.session_id, Page.from_head(head, page))
 
     async def _batch(self, body: bytes) -> None:
         try:

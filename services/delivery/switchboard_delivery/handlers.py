@@ -163,10 +163,8 @@ async def on_messages_stored(events: list[MessageStored], uow: Uow, *, preview_c
     for (event, body, frame), q in zip(frames, queued, strict=True):
         message, origin = event.message, event.origin
         ids = (str(message.id), str(message.chat_id), message.seq)
-        if q.pending:
-            outbox.route(Live(frame, tuple(q.pending), *ids))
-        # The sender's other devices see their own message too; the sending session does not.
-        outbox.route(Live(frame, (message.sender_id,), *ids, except_session=origin.session_id))
+        # The sender's answers first: a group larger than one broker message's keys is split
+        # over several (routing.py), and the sender need not wait behind all of them.
         sent = encode_frame("message_sent", {"tempId": event.temp_id, "message": body})
         outbox.route(Reply(sent, origin.gateway_id, origin.session_id))
         online = set(q.online)
@@ -174,6 +172,10 @@ async def on_messages_stored(events: list[MessageStored], uow: Uow, *, preview_c
         delivered = len(q.recipients) - len(q.pending) + sum(1 for user in q.pending if user in online)
         info = encode_frame("message_delivery_info", delivery_info(message.id, len(q.recipients), delivered))
         outbox.route(Reply(info, origin.gateway_id, origin.session_id))
+        if q.pending:
+            outbox.route(Live(frame, tuple(q.pending), *ids))
+        # The sender's other devices see their own message too; the sending session does not.
+        outbox.route(Live(frame, (message.sender_id,), *ids, except_session=origin.session_id))
         if q.fresh:
             notify += [(event, user) for user in q.pending if user not in online]
     if notify:

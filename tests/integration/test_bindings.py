@@ -78,10 +78,10 @@ async def test_a_key_wanted_again_before_its_unbind_stays_bound(route: Route) ->
     await route.bindings.bind("user.a")
     route.bindings.unbind("user.a")
     await route.bindings.bind("user.a")  # at once: the unbind had not been sent yet
-    # Once more, letting the loop run in between: whether or not the unbind has been sent, the
-    # key ends bound.
+    # And once its unbind has gone through: it is bound again.
     route.bindings.unbind("user.a")
-    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await route.bindings.settled()
     await route.bindings.bind("user.a")
     async with asyncio.timeout(10):
         await route.bindings.settled()

@@ -96,17 +96,13 @@ class Bindings:
                         await self._unbind(key)
                 self._idle.set()
         finally:
-            for waiters in self._waiting.values():
-                for waiter in waiters:
-                    waiter.cancel()
+            _cancel(self._waiting.values())
 
     async def _bind_batch(self, batch: dict[str, list[asyncio.Future[None]]]) -> None:
         try:
             await self._send_binds(batch)
         except asyncio.CancelledError:
-            for waiters in batch.values():
-                for waiter in waiters:
-                    waiter.cancel()
+            _cancel(batch.values())
             raise
         except Exception as exc:
             # A bind the broker refused closes the channel, and every bind of the batch fails
@@ -144,6 +140,12 @@ class Bindings:
         if channel is not None:
             with contextlib.suppress(Exception):
                 await channel.close()
+
+
+def _cancel(waiters: Iterable[list[asyncio.Future[None]]]) -> None:
+    for futures in waiters:
+        for future in futures:
+            future.cancel()
 
 
 def _settle(waiters: Iterable[list[asyncio.Future[None]]], error: Exception | None) -> None:

@@ -309,11 +309,14 @@ def _send_pages(
     """A gateway's pages of this batch as one broker message (up to about a page's bytes), a
     lone page as a `flush-page` whose headers say what it is."""
     by_gateway: dict[str, list[list[tuple[PageHead, bytes]]]] = defaultdict(list)
+    group_bytes: dict[str, int] = {}
     for gateway_id, page in zip(gateways, pages, strict=True):
         groups = by_gateway[gateway_id]
-        if not groups or sum(len(body) for _, body in groups[-1]) + len(page[1]) > max_bytes:
+        if not groups or group_bytes[gateway_id] + len(page[1]) > max_bytes:
             groups.append([])
+            group_bytes[gateway_id] = 0
         groups[-1].append(page)
+        group_bytes[gateway_id] += len(page[1])
     for gateway_id, groups in by_gateway.items():
         key = Topology.gateway_key(gateway_id)
         for group in groups:

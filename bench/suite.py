@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench import floor
+from bench.load import quiet_collector
 from bench.rates import BusyChat, Group, Pairs, RateScenario, ladder
 from bench.sessions import idle_sessions, offline_flush, reconnect_storm
 from bench.targets import TARGETS, raise_open_files
@@ -179,6 +180,7 @@ async def run(
     partitions: int | None = None,
 ) -> dict[str, Any]:
     raise_open_files()
+    quiet_collector()
     results: dict[str, Any] = {
         "scenarios": {},
         "started": time.time(),

@@ -23,9 +23,9 @@ from switchboard_runtime.service import (
     Runtime,
     add_health_routes,
     cancel_all,
-    freeze_startup_heap,
     run_cli,
     spawn,
+    tune_collector,
 )
 
 from .auth import Verifier
@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
             runtime = Runtime(bus=bus)
             spawn(bindings.run(), runtime.tasks, "bindings")
             spawn(heartbeat(gateway), runtime.tasks, "heartbeat")
-            freeze_startup_heap()
+            tune_collector()
             app.state.gateway = gateway
             app.state.runtime = runtime
             app.state.messages_client = messages_client

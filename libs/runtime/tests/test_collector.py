@@ -18,7 +18,7 @@ def restored_collector() -> Iterator[None]:
 
 @pytest.mark.usefixtures("restored_collector")
 def test_start_up_objects_are_frozen_and_full_passes_made_rare() -> None:
-    alive_at_start_up = [[] for _ in range(10)]
+    alive_at_start_up: list[list[int]] = [[] for _ in range(10)]
     frozen_before = gc.get_freeze_count()
 
     tune_collector()

@@ -52,10 +52,17 @@ class Infra:
             raise RuntimeError(f"{' '.join(command)} failed: {err.decode(errors='replace')}")
 
     async def restart_broker(self) -> None:
+        await self.stop_broker()
+        await asyncio.sleep(DOWN_SECONDS)  # the outage itself
+        await self.start_broker()
+
+    async def stop_broker(self) -> None:
         # stop_app/start_app: the node stays up, every connection is dropped, durable (quorum)
         # queues and persistent messages survive, as in a broker restart.
         await self._run("rabbitmqctl", "stop_app")
-        await asyncio.sleep(DOWN_SECONDS)  # the outage itself
+
+    async def start_broker(self) -> None:
+        """Start it again and return once it takes connections."""
         await self._run("rabbitmqctl", "start_app")
         await self._run("rabbitmqctl", "await_startup")
 

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     REQUEST_TIMEOUT = "request_timeout"
+    UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
 
@@ -73,6 +74,9 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.REQUEST_TIMEOUT: "Part of the request line and headers of an HTTP request (a WebSocket "
     "upgrade included) arrived, but not all of it within the configured time; answered 408 and the "
     "connection closed (a connection on which nothing was sent is closed without an answer).",
+    ErrorCode.UNAVAILABLE: "The message broker was out of reach for longer than the gateway holds a send "
+    "(`CHAT_SEND_HOLD_SECONDS`, 10 s by default); nothing was confirmed. Send it again with the same "
+    "`tempId` after `retry_after` seconds.",
     ErrorCode.INTERNAL: "The server failed; the request may be retried with the same `tempId`.",
 }
 
@@ -93,6 +97,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
     ErrorCode.ORIGIN_NOT_ALLOWED: 403,
     ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -185,8 +185,13 @@ def error_frame(code: ErrorCode, message: str) -> bytes:
     return encode_frame("error", {"code": code.value, "message": message})
 
 
-def message_error_frame(temp_id: str | int | None, code: ErrorCode | str, message: str) -> bytes:
-    return encode_frame("message_error", {"tempId": temp_id, "code": str(code), "message": message})
+def message_error_frame(
+    temp_id: str | int | None, code: ErrorCode | str, message: str, retry_after: int | None = None
+) -> bytes:
+    data: dict[str, object] = {"tempId": temp_id, "code": str(code), "message": message}
+    if retry_after is not None:
+        data["retry_after"] = retry_after
+    return encode_frame("message_error", data)
 
 
 def new_message_frame(message: MessageOut) -> bytes:

@@ -25,7 +25,14 @@ from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, SUBSCRIPTIONS
 from . import frames
 from .retry import connect_retrying
 
-__all__ = ["DELIVERY_LIMIT", "Bus", "declare_service_queues", "encode_envelope", "queue_arguments"]
+__all__ = [
+    "DELIVERY_LIMIT",
+    "Bus",
+    "broker_unavailable",
+    "declare_service_queues",
+    "encode_envelope",
+    "queue_arguments",
+]
 
 log = structlog.get_logger()
 
@@ -49,6 +56,15 @@ PERSISTENT, NOT_PERSISTENT = 2, 1
 
 # What a broker restart or an unreachable broker raises while connecting.
 CONNECT_ERRORS = (ConnectionError, OSError, aiormq.exceptions.AMQPConnectionError)
+
+
+def broker_unavailable(exc: BaseException) -> bool:
+    """A publish failed because the broker is out of reach or the connection to it is being
+    made again: worth waiting for. A channel the broker closed for a reason of its own (a missing
+    exchange, a refused permission: a subclass of ChannelClosed) is not; nor is a nack."""
+    if isinstance(exc, aiormq.exceptions.ChannelClosed):
+        return type(exc) is aiormq.exceptions.ChannelClosed
+    return isinstance(exc, (ConnectionError, OSError, aiormq.exceptions.ChannelInvalidStateError))
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
@@ -129,8 +145,14 @@ class Bus:
             with attempt:
                 # 10 s heartbeats notice a dead broker or a stalled peer within about 20 s,
                 # well before clients give up on a send.
+                # A lost broker is tried again every second (aio-pika's default is 5 s): a
+                # restarted broker is found within a second, while sends wait for it
+                # (batcher.py); each try is one refused TCP connect.
                 self._connection = await aio_pika.connect_robust(
-                    self.url, client_properties={"connection_name": self.source}, heartbeat=10
+                    self.url,
+                    client_properties={"connection_name": self.source},
+                    heartbeat=10,
+                    reconnect_interval=1,
                 )
         self._channel = await self.connection.channel(publisher_confirms=True)
         topo = self.topology

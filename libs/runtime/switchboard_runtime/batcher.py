@@ -5,6 +5,10 @@ out together in the next.
 At low load a batch is one event and leaves at once (within the event-loop turn that produced
 it); under load the confirm of one publish takes long enough for the next batch to grow by
 itself. No timer decides when a batch leaves.
+
+While the broker is out of reach, a batch is tried again until it is back, for up to
+`hold_seconds`; what gathers behind it waits, in order. Past the bound its events fail with the
+broker's error (`amqp.broker_unavailable` says which errors those are).
 """
 
 import asyncio
@@ -16,7 +20,8 @@ import structlog
 from switchboard_contracts.events import Envelope, Event
 from switchboard_contracts.partitions import event_routing_key
 
-from .amqp import Bus, encode_envelope
+from .amqp import Bus, broker_unavailable, encode_envelope
+from .retry import hold_retrying
 
 __all__ = ["EventBatcher", "MAX_BATCH_BYTES", "MAX_BATCH_EVENTS", "in_partition_order"]
 
@@ -74,11 +79,16 @@ class EventBatcher:
     """`in_order`: groups of event types whose events must reach their consumers in the order
     they were emitted (per partition), although their routing keys differ; each group shares
     one publish in flight per partition. Other types each have their own stream per routing
-    key, so that, say, sends never wait behind acknowledgements."""
+    key, so that, say, sends never wait behind acknowledgements.
 
-    def __init__(self, bus: Bus, source: str, in_order: Iterable[Collection[str]] = ()) -> None:
+    `hold_seconds`: how long a batch waits for a broker that is out of reach (0: not at all)."""
+
+    def __init__(
+        self, bus: Bus, source: str, in_order: Iterable[Collection[str]] = (), hold_seconds: float = 0.0
+    ) -> None:
         self.bus = bus
         self.source = source
+        self.hold_seconds = hold_seconds
         self._groups = {
             event_type: f"in-order-{n}" for n, types in enumerate(in_order) for event_type in types
         }
@@ -159,7 +169,7 @@ class EventBatcher:
         self, name: str, stream: _Stream, key: str, batch: list[tuple[str, bytes, asyncio.Future[None]]]
     ) -> None:
         try:
-            await self.bus.publish_batch(key, [body for _, body, _ in batch])
+            await self._send(key, [body for _, body, _ in batch])
         except Exception as exc:
             for _, _, future in batch:
                 if not future.done():
@@ -175,6 +185,16 @@ class EventBatcher:
             elif not stream.scheduled:
                 # Nothing waits on this stream: forget it, so keys seen once do not accumulate.
                 del self._streams[name]
+
+    async def _send(self, key: str, bodies: list[bytes]) -> None:
+        if self.hold_seconds <= 0:
+            await self.bus.publish_batch(key, bodies)
+            return
+        # A batch sent again after a failure that came after the broker took it is a repeat of
+        # the same event ids, which consumers drop.
+        async for attempt in hold_retrying(self.hold_seconds, broker_unavailable):
+            with attempt:
+                await self.bus.publish_batch(key, bodies)
 
     async def close(self) -> None:
         """Wait for the publishes in flight (what waits behind them fails with the bus)."""

@@ -4,6 +4,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import cast
 
+import aiormq.exceptions
 import pytest
 
 from switchboard_contracts.events import GatewayHeartbeat, SessionClosed, SessionOpened
@@ -123,3 +124,46 @@ async def test_types_that_keep_their_order_share_one_publish_in_flight_per_parti
         SessionClosed.TYPE,
         SessionOpened.TYPE,
     ]
+
+
+class AwayBroker(Broker):
+    """Out of reach for its first `away` publishes (the connection being made again), then back."""
+
+    def __init__(self, away: int, error: Exception) -> None:
+        super().__init__()
+        self.confirm.set()
+        self.away = away
+        self.error = error
+
+    async def publish_batch(self, routing_key: str, events: list[bytes]) -> None:
+        self.batches.append((routing_key, list(events)))
+        self._published.set()
+        if len(self.batches) <= self.away:
+            raise self.error
+
+
+async def test_a_batch_waits_for_the_broker_to_come_back_and_what_follows_keeps_its_order() -> None:
+    broker = AwayBroker(away=3, error=ConnectionError("connection lost"))
+    events = EventBatcher(cast(Bus, broker), source="test", hold_seconds=30)
+    first = events.add("k", b"1")
+    await broker.published(1)
+    second = events.add("k", b"2")
+    await asyncio.gather(first, second)
+    # Three tries of the first batch, the fourth taken, then the one that waited behind it.
+    assert broker.batches == [("k", [b"1"])] * 4 + [("k", [b"2"])]
+
+
+async def test_past_the_hold_the_broker_error_is_raised() -> None:
+    broker = AwayBroker(away=1_000_000, error=ConnectionError("connection lost"))
+    events = EventBatcher(cast(Bus, broker), source="test", hold_seconds=0.2)
+    with pytest.raises(ConnectionError):
+        await events.add("k", b"1")
+    assert len(broker.batches) > 1
+
+
+async def test_an_error_that_is_not_the_broker_being_away_is_not_waited_for() -> None:
+    broker = AwayBroker(away=1, error=aiormq.exceptions.ChannelNotFoundEntity("no exchange"))
+    events = EventBatcher(cast(Bus, broker), source="test", hold_seconds=30)
+    with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+        await events.add("k", b"1")
+    assert len(broker.batches) == 1

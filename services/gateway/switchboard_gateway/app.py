@@ -124,7 +124,10 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
             # A session's closing must never overtake its opening (a resync announces every
             # session again while some close): presence would keep a session that is gone.
             events = EventBatcher(
-                bus, source=f"gateway/{gateway_id}", in_order=[{SessionOpened.TYPE, SessionClosed.TYPE}]
+                bus,
+                source=f"gateway/{gateway_id}",
+                in_order=[{SessionOpened.TYPE, SessionClosed.TYPE}],
+                hold_seconds=settings.send_hold_seconds,
             )
             gateway = Gateway(
                 gateway_id, settings, bus, events, registry, verifier, rooms, messages_client, bindings

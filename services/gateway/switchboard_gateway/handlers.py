@@ -21,6 +21,7 @@ from switchboard_contracts.wire import (
     error_frame,
     message_error_frame,
 )
+from switchboard_runtime.amqp import broker_unavailable
 from switchboard_runtime.http_errors import ApiError
 
 from .context import Gateway
@@ -37,6 +38,9 @@ log = structlog.get_logger()
 # replays history, the costliest thing a client can ask for.
 SYNC_BURST = 3
 SYNC_SECONDS = 10
+# Told to a client whose send met a broker away for longer than the send hold: long enough for
+# a restart to finish, so the resend is not refused again at once.
+RETRY_AFTER_SECONDS = 5
 
 FrameHandler = Callable[[Gateway, Session, Any], Awaitable[None]]
 
@@ -87,10 +91,19 @@ async def on_send_message(gateway: Gateway, session: Session, data: Any) -> None
     )
     temp_id = command.temp_id
 
-    def refused(_: BaseException) -> None:
-        session.push(
-            message_error_frame(temp_id, ErrorCode.INTERNAL, "not accepted; send again with the same tempId")
-        )
+    def refused(exc: BaseException) -> None:
+        if broker_unavailable(exc):
+            frame = message_error_frame(
+                temp_id,
+                ErrorCode.UNAVAILABLE,
+                "the service is unavailable; send it again with the same tempId after retry_after seconds",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        else:
+            frame = message_error_frame(
+                temp_id, ErrorCode.INTERNAL, "not accepted; send again with the same tempId"
+            )
+        session.push(frame)
 
     # Not awaited: the session reads its next frame while the send's batch is in flight, and
     # sends keep their order (one routing key per chat, one publish in flight per key).

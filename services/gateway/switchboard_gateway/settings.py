@@ -52,6 +52,11 @@ class Settings(CommonSettings):
     # enough for a slow phone to read a 10,000-message backlog, or for delivery to get through a
     # lag after a restart, without the session giving up and joining the back of the queue again.
     flush_timeout_seconds: float = Field(120.0, gt=0)
+    # How long a send (and any event this gateway publishes) waits for the broker to come back
+    # before the client is told `unavailable`. Ten seconds cover a broker restart (stopped, up
+    # again in a few seconds, found again within the bus's one-second reconnect interval) with
+    # room to spare, and are still shorter than a client's patience for a message that hangs.
+    send_hold_seconds: float = Field(10.0, ge=0)
     # Presence expires a gateway's sessions after about three missed beats.
     heartbeat_seconds: float = Field(5.0, gt=0)
     # Unacknowledged route deliveries in flight to this gateway; each is handed to in-memory

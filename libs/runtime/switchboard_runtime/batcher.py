@@ -187,9 +187,14 @@ class EventBatcher:
                 del self._streams[name]
 
     async def _send(self, key: str, bodies: list[bytes]) -> None:
-        if self.hold_seconds <= 0:
+        # The first try outside any retry machinery: it is every batch's path, and the hold only
+        # the path of a broker that went away.
+        try:
             await self.bus.publish_batch(key, bodies)
             return
+        except Exception as exc:
+            if self.hold_seconds <= 0 or not broker_unavailable(exc):
+                raise
         # A batch sent again after a failure that came after the broker took it is a repeat of
         # the same event ids, which consumers drop.
         async for attempt in hold_retrying(self.hold_seconds, broker_unavailable):

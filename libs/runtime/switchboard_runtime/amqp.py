@@ -64,7 +64,7 @@ def broker_unavailable(exc: BaseException) -> bool:
     exchange, a refused permission: a subclass of ChannelClosed) is not; nor is a nack."""
     if isinstance(exc, aiormq.exceptions.ChannelClosed):
         return type(exc) is aiormq.exceptions.ChannelClosed
-    return isinstance(exc, (ConnectionError, OSError, aiormq.exceptions.ChannelInvalidStateError))
+    return isinstance(exc, (*CONNECT_ERRORS, aiormq.exceptions.ChannelInvalidStateError))
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
@@ -144,10 +144,9 @@ class Bus:
         async for attempt in connect_retrying("rabbitmq", CONNECT_ERRORS):
             with attempt:
                 # 10 s heartbeats notice a dead broker or a stalled peer within about 20 s,
-                # well before clients give up on a send.
-                # A lost broker is tried again every second (aio-pika's default is 5 s): a
-                # restarted broker is found within a second, while sends wait for it
-                # (batcher.py); each try is one refused TCP connect.
+                # well before clients give up on a send. A lost broker is tried again every
+                # second (aio-pika's default is 5 s): a restarted broker is found within a
+                # second, while sends wait for it (batcher.py); each try is one refused connect.
                 self._connection = await aio_pika.connect_robust(
                     self.url,
                     client_properties={"connection_name": self.source},

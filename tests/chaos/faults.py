@@ -82,6 +82,8 @@ class Injected:
     recovered: float | None = None
     # For a gateway kill: when every user it held was connected and caught up again.
     users_back: float | None = None
+    # Seconds from `started` until the load's p99 was back to full speed (speed.py).
+    full_speed: float | None = None
 
 
 @dataclass(frozen=True)

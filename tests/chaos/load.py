@@ -66,7 +66,15 @@ class User:
         self.received: list[Received] = []
         self.sends: dict[str, Send] = {}
         self.sessions = 0
+        # When each session (numbered from 1, as `Received.session`) opened and closed (None
+        # while open): whether a device was online when a message was due.
+        self.opened: list[float] = []
+        self.closed: list[float | None] = []
+        # The first arrival of every message id: (session, time).
+        self.first_seen: dict[str, tuple[int, float]] = {}
         self.close_codes: list[int | None] = []
+        # Every `message_error` the server answered a send with.
+        self.errors: list[dict[str, Any]] = []
         self.flushed_at: list[float] = []
         self.wanted_online = True
         self._ws: ClientConnection | None = None
@@ -119,6 +127,19 @@ class User:
     def connected(self) -> bool:
         return self._ws is not None
 
+    def session_at(self, moment: float) -> int | None:
+        """The session that was open at `moment`, if any."""
+        for index in range(len(self.opened) - 1, -1, -1):
+            if self.opened[index] <= moment:
+                closed = self.closed[index]
+                return index + 1 if closed is None or closed > moment else None
+        return None
+
+    def open_until(self, session: int, moment: float) -> bool:
+        """Session `session` was still open at `moment`."""
+        closed = self.closed[session - 1]
+        return closed is None or closed > moment
+
     async def _close(self) -> None:
         ws, self._ws = self._ws, None
         if ws is not None:
@@ -149,6 +170,8 @@ class User:
                 ) as ws:
                     self._ws, self.url = ws, url
                     self.sessions += 1
+                    self.opened.append(time.perf_counter())
+                    self.closed.append(None)
                     backoff = BACKOFF_FIRST
                     await self._session(ws, self.sessions)
             except (OSError, websockets.WebSocketException, TimeoutError):
@@ -171,6 +194,7 @@ class User:
         except websockets.ConnectionClosed:
             pass
         finally:
+            self.closed[session - 1] = time.perf_counter()
             self.close_codes.append(ws.close_code)
             acker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -183,6 +207,7 @@ class User:
         now = time.perf_counter()
         if event == "new_message":
             self.received.append(Received(session, data["id"], data["chat_id"], data["seq"], now))
+            self.first_seen.setdefault(data["id"], (session, now))
             self._to_ack.append(data["id"])
         elif event == "message_sent":
             send = self.sends.get(str(data["tempId"]))
@@ -193,6 +218,8 @@ class User:
                     send.message_id, send.seq, send.confirmed_at = message["id"], message["seq"], now
         elif event == "queue_flushed":
             self.flushed_at.append(now)
+        elif event == "message_error":
+            self.errors.append(data)
         async with self._changed:
             self._changed.notify_all()
 

@@ -15,6 +15,7 @@ from tests.integration.system import System, running_system
 from .faults import Fault, Infra, Injected, schedule
 from .load import User
 from .oracle import Verdict, judge, lost_pairs, rebuild_differences
+from .speed import BACK_FACTOR, Latencies, SpeedLevel
 
 __all__ = ["Report", "chaos"]
 
@@ -23,12 +24,18 @@ __all__ = ["Report", "chaos"]
 # 2-core machine restarting a service under load is slow, and a miss is reported, not hidden.
 RECOVERY_TIMEOUT = 120.0
 SETTLE_TIMEOUT = 120.0
+# A fault after which the load's p99 is not back within BACK_FACTOR of its level this long after
+# the fault began fails the run: slower for good is a failure to recover, not a slow recovery.
+FULL_SPEED_TIMEOUT = 60.0
+# The load's level is its p99 over this long, after a warm-up, before the first fault.
+WARMUP_SECONDS, LEVEL_SECONDS = 3.0, 10.0
 
 
 @dataclass
 class Report:
     faults: list[Injected] = field(default_factory=list)
     verdict: Verdict = field(default_factory=Verdict)
+    level: SpeedLevel | None = None
     seconds: float = 0.0
     seed: int = 0
 
@@ -36,10 +43,11 @@ class Report:
         """One row per fault kind and target. `fault lasted`: from injection until the process
         was back (restarted, resumed, reading again); `recovered`: from injection until a probe
         message went end to end again; `users back`: for a gateway, until every user it held had
-        reconnected elsewhere and finished a catch-up."""
+        reconnected elsewhere and finished a catch-up; `full speed`: until the load's p99 was back
+        within BACK_FACTOR of its level before the faults (speed.py), the worst of the kind."""
         lines = [
             f"{'fault':<18} {'target':<10} {'n':>3} {'fault lasted':>13} {'recovered p50':>14} {'max':>14}"
-            f" {'users back':>11}",
+            f" {'users back':>11} {'full speed':>11}",
         ]
         by_kind: dict[tuple[str, str], list[Injected]] = {}
         for fault in self.faults:
@@ -54,14 +62,23 @@ class Report:
                 users_back = "NOT BACK"
             p50 = f"{statistics.median(times):.1f} s" if times else "-"
             worst = f"{max(times):.1f} s" if len(times) == len(faults) else "NOT RECOVERED"
+            speeds = [f.full_speed for f in faults if f.full_speed is not None]
+            full_speed = f"{max(speeds):.1f} s" if len(speeds) == len(faults) else "NOT BACK"
             lines.append(
                 f"{kind:<18} {target:<10} {len(faults):>3} {lasted:>11.1f} s {p50:>14} {worst:>14}"
-                f" {users_back:>11}"
+                f" {users_back:>11} {full_speed:>11}"
             )
         v = self.verdict
         lines += [
             "",
             f"faults injected {len(self.faults)}, run {self.seconds:.0f} s, seed {self.seed}",
+        ]
+        if self.level is not None:
+            lines.append(
+                f"load's p99 before the faults {self.level.p99 * 1000:.0f} ms over"
+                f" {self.level.samples} live deliveries; full speed = p99 within {BACK_FACTOR}x of it"
+            )
+        lines += [
             f"messages acknowledged (message_sent) {v.acknowledged}, deliveries due {v.deliveries},"
             f" delivered {v.deliveries - v.lost}",
             f"lost {v.lost}, stored twice {v.stored_twice}, reordered {v.reordered},"
@@ -79,6 +96,7 @@ class World:
     members: dict[str, set[str]]
     chats_of: dict[str, list[str]]
     probe: tuple[User, User, str]
+    latencies: Latencies
 
 
 @contextlib.asynccontextmanager
@@ -109,7 +127,8 @@ async def world(system: System) -> AsyncIterator[World]:
         user.start()
     try:
         probe_chat = chats_of[probe_names[0]][0]
-        yield World(system, users, members, chats_of, (users[-2], users[-1], probe_chat))
+        probe = (users[-2], users[-1], probe_chat)
+        yield World(system, users, members, chats_of, probe, Latencies(users, members))
     finally:
         for user in users:
             await user.stop()
@@ -125,7 +144,7 @@ async def load(world: World, rate: float, stop: asyncio.Event) -> None:
         if delay > 0:
             await asyncio.sleep(delay)  # the load's clock
         sender = random.choice(senders)
-        await sender.send(random.choice(world.chats_of[sender.id]), due)
+        world.latencies.add(await sender.send(random.choice(world.chats_of[sender.id]), due))
         n += 1
 
 
@@ -188,9 +207,11 @@ async def chaos(
         stop = asyncio.Event()
         tasks = [asyncio.create_task(load(w, rate, stop)), asyncio.create_task(churn(w, stop))]
         try:
+            report.level = await steady_level(w)
+            limit = BACK_FACTOR * report.level.p99
             for fault in [f for f in schedule(system.gateways, rounds) if f.kind not in skip]:
                 await asyncio.sleep(random.uniform(gap / 2, gap))  # a random moment under load
-                report.faults.append(await inject(w, infra, fault))
+                report.faults.append(await inject(w, infra, fault, limit))
                 print(report.faults[-1], flush=True)
         finally:
             stop.set()
@@ -211,7 +232,18 @@ async def chaos(
     return report
 
 
-async def inject(w: World, infra: Infra, fault: Fault) -> Injected:
+async def steady_level(w: World) -> SpeedLevel:
+    """The load's p99 before any fault, once it has warmed up."""
+    start = time.perf_counter() + WARMUP_SECONDS
+    # The level's window, then a second for its last messages to arrive.
+    await asyncio.sleep(WARMUP_SECONDS + LEVEL_SECONDS + 1.0)
+    level = w.latencies.level(start, start + LEVEL_SECONDS)
+    if level.samples == 0:
+        raise RuntimeError("the load got nothing through before the first fault")
+    return level
+
+
+async def inject(w: World, infra: Infra, fault: Fault, limit: float) -> Injected:
     on_gateway = []
     if fault.target.startswith("gateway-"):
         url = w.system.ws_url(int(fault.target.rsplit("-", 1)[1]))
@@ -224,4 +256,6 @@ async def inject(w: World, infra: Infra, fault: Fault) -> Injected:
         injected.recovered = time.perf_counter()
     if on_gateway:
         injected.users_back = await caught_up_since(on_gateway, started, RECOVERY_TIMEOUT, sessions)
+    # The next fault comes only once this one's slowness is over, so each starts from full speed.
+    injected.full_speed = await w.latencies.back_within(limit, started, FULL_SPEED_TIMEOUT)
     return injected

@@ -78,6 +78,13 @@ def queue_arguments(topology: Topology, service: str) -> dict[str, Any]:
         "x-delivery-limit": DELIVERY_LIMIT,
         "x-dead-letter-exchange": topology.dead_letter_exchange,
         "x-dead-letter-routing-key": service,
+        # The queue keeps a dead-lettered event until the dead-letter queue has confirmed it, so
+        # one on its way there survives a broker restart or a dead-letter queue that is away
+        # (the default, at most once, drops it). RabbitMQ applies this only to a queue that
+        # rejects publishes when full rather than dropping its oldest; the queues have no length
+        # limit, so nothing is ever rejected for that.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
         # One consumer at a time, the others on standby: per-chat order holds because one
         # process at a time handles a queue. A partitioned service's instances all wait on
         # every partition queue, so the broker hands a dead instance's partitions on at once,

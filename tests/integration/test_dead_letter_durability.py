@@ -1,0 +1,109 @@
+"""Dead-lettering cannot lose an event: a service queue hands an event to its dead-letter queue
+at least once (quorum queues' `x-dead-letter-strategy: at-least-once`), keeping it until the
+dead-letter queue has confirmed it, across a broker restart.
+
+The test makes the hand-over wait on purpose: the dead-letter queue is unbound, so the rejected
+event has nowhere to go. At most once, the broker would drop it there and then. At least once,
+the source queue keeps it through a broker restart (`rabbitmqctl stop_app` / `start_app`, as the
+chaos run does); the binding comes back, and the event arrives in the dead-letter queue. It needs
+the local RabbitMQ on loopback with `rabbitmqctl` at hand; every other system of the test run is
+idle meanwhile and reconnects by itself.
+"""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from switchboard_contracts.events import ChatCreated, Envelope
+from switchboard_contracts.partitions import partition_key, partition_of
+from switchboard_contracts.topology import Topology
+from switchboard_runtime.amqp import Bus
+from tests.chaos.faults import Infra
+
+from .client import WAIT
+from .system import System
+
+SERVICE = "delivery"
+
+
+async def first_message(queue: AbstractQueue) -> AbstractIncomingMessage:
+    """The first message the broker hands a consumer of `queue` (single-active-consumer quorum
+    queues refuse basic.get)."""
+    arrived: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        if not arrived.done():
+            arrived.set_result(message)
+
+    await queue.consume(on_message)
+    async with asyncio.timeout(WAIT):
+        return await arrived
+
+
+def chat_created() -> Envelope:
+    event = ChatCreated(
+        chat_id=uuid.uuid4(),
+        chat_type="group",
+        title="dead letter",
+        members=["a", "b"],
+        created_by="a",
+        created_at=datetime.now(UTC),
+    )
+    return Envelope.wrap(event, "test")
+
+
+async def test_an_event_on_its_way_to_the_dead_letter_queue_survives_a_broker_restart(
+    infra_urls: tuple[str, str],
+) -> None:
+    amqp_url, database_url = infra_urls
+    infra = Infra(amqp_url, database_url)
+    namespace_owner = System(amqp_url, database_url)  # unstarted: its namespace and clean-up only
+    topology = Topology(namespace_owner.namespace)
+    bus = Bus(amqp_url, topology, source="test")
+    await bus.connect()  # declares every service's queues, as a service does at start
+    envelope = chat_created()
+    source = topology.partition_queue(
+        SERVICE, partition_of(partition_key(envelope.type, envelope.data), topology.partitions)
+    )
+    dead = topology.dead_letter_queue(SERVICE)
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        dead_queue = await channel.get_queue(dead, ensure=False)
+        await dead_queue.unbind(topology.dead_letter_exchange, routing_key=SERVICE)
+        await bus.publish_event(envelope)
+        message = await first_message(await channel.get_queue(source, ensure=False))
+        assert message.message_id == str(envelope.id)
+        await message.reject(requeue=False)  # dead-lettered now, with no route to take
+
+        # A broker restart with the event still unroutable: at most once it would be gone now.
+        await connection.close()
+        await infra.stop_broker()
+        await infra.start_broker()
+
+        connection = await aio_pika.connect(amqp_url)
+        channel = await connection.channel()
+        dead_queue = await channel.get_queue(dead, ensure=False)
+        await dead_queue.bind(topology.dead_letter_exchange, routing_key=SERVICE)
+        # A restart makes the source queue hand over what it holds for dead-lettering at once
+        # (otherwise the broker tries again every few minutes).
+        await connection.close()
+        await infra.stop_broker()
+        await infra.start_broker()
+
+        connection = await aio_pika.connect(amqp_url)
+        channel = await connection.channel()
+        try:
+            got = await first_message(await channel.get_queue(dead, ensure=False))
+        except TimeoutError:
+            raise AssertionError("the dead-lettered event was lost") from None
+        assert got.message_id == str(envelope.id)
+        assert got.headers["x-death"][0]["reason"] == "rejected"  # type: ignore[index]
+        await got.ack()
+    finally:
+        await connection.close()
+        await bus.close()
+        await namespace_owner.stop()

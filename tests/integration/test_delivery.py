@@ -103,6 +103,36 @@ async def test_users_on_different_gateways_exchange_messages(connect: Connector)
     assert (await alice.next("new_message"))["content"] == "from gateway 1"
 
 
+async def test_a_group_too_large_to_name_its_members_reaches_each_on_either_gateway(
+    connect: Connector,
+) -> None:
+    """Past BROADCAST_ABOVE_KEYS (100) a message goes to every gateway instead of naming its
+    members: each gateway hands it to the members it holds, once, and the offline ones get it in
+    their catch-up."""
+    creator = unique("big")
+    members = [unique(f"m{i}") for i in range(150)]
+    chat = await connect.api(creator).create_chat(members)
+    online = members[:20]
+    clients = await asyncio.gather(*(connect(m, gateway=i % 2) for i, m in enumerate(online)))
+    sender = await connect(creator, gateway=0)
+    for client in (*clients, sender):
+        await client.next("queue_flushed")
+
+    await sender.send_message(chat, "to everyone")
+    await sender.send_message(chat, "and again")
+
+    for client in clients:
+        got = await client.wait_messages(2, chat)
+        assert [m["content"] for m in got] == ["to everyone", "and again"]
+    late = await connect(members[-1], gateway=1)
+    await late.next("queue_flushed")
+    assert [m["content"] for m in late.messages(chat)] == ["to everyone", "and again"]
+    await sender.send_message(chat, "marker")
+    for client in clients:
+        await client.wait_messages(3, chat)
+        assert len(client.messages(chat)) == 3  # nothing twice
+
+
 async def test_every_session_of_a_user_gets_every_message(connect: Connector) -> None:
     a, b = unique("a"), unique("b")
     chat = await connect.api(a).create_chat([b], kind="direct")

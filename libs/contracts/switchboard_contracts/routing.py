@@ -14,7 +14,9 @@ as they are. Each index entry is a list whose first item says what it is:
 * `["S", length, users]`: `Signal`
 * `["R", length, gateway_id, session_id]`: `Reply`
 
-`BCC` is stripped by the broker before delivery, so no gateway parses the key list.
+`BCC` is stripped by the broker before delivery, so no gateway parses the key list. A batch
+for more users than `BROADCAST_ABOVE_KEYS` goes to every gateway instead, on the key every
+gateway queue is bound with; each still takes only its own users' and sessions' frames.
 """
 
 from collections.abc import Iterable, Sequence
@@ -25,7 +27,8 @@ from pydantic_core import from_json, to_json
 from .topology import Topology
 
 __all__ = [
-    "MAX_KEYS_PER_MESSAGE",
+    "BROADCAST_ABOVE_KEYS",
+    "MAX_USERS_PER_MESSAGE",
     "Live",
     "Reply",
     "RouteFrame",
@@ -35,11 +38,18 @@ __all__ = [
     "unpack_route",
 ]
 
-# Routing keys per published message. The key list travels in the message's header frame, which
-# must fit the connection's frame size (128 KiB by default); a user key is at most 205 bytes
-# (`user.` and 200 bytes of id), typically 20-40. A thousand typical keys is about 30 KB; a group
-# larger than that is split over several messages, each with its share of the members.
-MAX_KEYS_PER_MESSAGE = 1000
+# Above this many routing keys a batch goes to every gateway (`Topology.ALL_GATEWAYS_KEY`) instead
+# of naming its users in `BCC`. The broker's cost of a `BCC` list grows with its length (RabbitMQ
+# before 3.11 compares each key with every binding of the exchange: 56 ms for 1,000 keys over
+# 5,000 bindings), while sending to every gateway costs one copy per gateway, each of which skips
+# the users it does not hold. A hundred users are spread over every gateway of a deployment of a
+# few dozen anyway, so their message reaches nearly all of them either way; and the key list
+# stays far inside the header frame (a user key is at most 205 bytes, a frame 128 KiB).
+BROADCAST_ABOVE_KEYS = 100
+# A message's index lists the users of each of its frames; past this many the frames go on in the
+# next message, so that no one message holds a gateway's event loop for long (reading 10,000
+# entries takes a few milliseconds) whatever the batch and the groups in it.
+MAX_USERS_PER_MESSAGE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,51 +148,34 @@ def unpack_route(body: bytes) -> list[RouteFrame]:
 
 
 def route_messages(
-    frames: Sequence[RouteFrame], max_keys: int = MAX_KEYS_PER_MESSAGE
+    frames: Sequence[RouteFrame],
+    broadcast_above: int = BROADCAST_ABOVE_KEYS,
+    max_users: int = MAX_USERS_PER_MESSAGE,
 ) -> list[tuple[list[str], bytes, int]]:
     """The messages to publish for these frames, in order: (routing keys, packed body, frames in
     it) each.
 
-    Frames go into one message until it would name more than `max_keys` routing keys; a frame for
-    more users than that alone is split into several of the same frame, each for a share of them.
+    Frames go into one message until its index would list more than `max_users` users (a frame
+    for more than that goes alone). Each message names every user and gateway it concerns or,
+    past `broadcast_above` keys, goes to every gateway.
     """
     messages: list[tuple[list[str], bytes, int]] = []
     batch: list[RouteFrame] = []
-    keys: dict[str, None] = {}
+    users = 0
 
     def close() -> None:
-        if batch:
-            messages.append((list(keys), pack_route(batch), len(batch)))
-            batch.clear()
-            keys.clear()
+        keys = list(dict.fromkeys(key for frame in batch for key in _keys(frame)))
+        if len(keys) > broadcast_above:
+            keys = [Topology.ALL_GATEWAYS_KEY]
+        messages.append((keys, pack_route(batch), len(batch)))
 
     for frame in frames:
-        for part in _split(frame, max_keys):
-            new = [key for key in _keys(part) if key not in keys]
-            if len(keys) + len(new) > max_keys:
-                close()
-                new = list(dict.fromkeys(_keys(part)))
-            batch.append(part)
-            keys.update(dict.fromkeys(new))
-    close()
+        size = 1 if isinstance(frame, Reply) else len(frame.users)
+        if batch and users + size > max_users:
+            close()
+            batch, users = [], 0
+        batch.append(frame)
+        users += size
+    if batch:
+        close()
     return messages
-
-
-def _split(frame: RouteFrame, max_keys: int) -> list[RouteFrame]:
-    if isinstance(frame, Reply) or len(frame.users) <= max_keys:
-        return [frame]
-    chunks = [frame.users[i : i + max_keys] for i in range(0, len(frame.users), max_keys)]
-    if isinstance(frame, Signal):
-        return [Signal(frame.frame, chunk) for chunk in chunks]
-    return [
-        Live(
-            frame.frame,
-            chunk,
-            frame.message_id,
-            frame.chat_id,
-            frame.seq,
-            frame.except_session,
-            frame.left_chat,
-        )
-        for chunk in chunks
-    ]

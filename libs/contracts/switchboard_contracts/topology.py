@@ -173,6 +173,10 @@ class Topology:
     def user_key(user_id: str) -> str:
         return f"user.{user_id}"
 
+    # Every gateway queue is bound with it: a batch for many users goes to all of them (routing.py).
+    # No gateway key can be it (those are `gw.<id>`, ids `gw-<hex>`), nor a user or room key.
+    ALL_GATEWAYS_KEY = "gw.all"
+
     @staticmethod
     def gateway_key(gateway_id: str) -> str:
         return f"gw.{gateway_id}"

@@ -1,4 +1,4 @@
-"""Frames for clients packed many to a broker message, and split by routing keys."""
+"""Frames for clients packed many to a broker message, and the keys it is routed on."""
 
 import pytest
 
@@ -12,6 +12,7 @@ from switchboard_contracts.routing import (
     route_messages,
     unpack_route,
 )
+from switchboard_contracts.topology import Topology
 
 
 def test_every_kind_of_frame_comes_back_as_it_went() -> None:
@@ -39,18 +40,34 @@ def test_one_message_names_every_user_and_gateway_once() -> None:
     assert count == 3 and unpack_route(body) == frames
 
 
-def test_a_group_larger_than_the_key_limit_is_split_with_its_members() -> None:
+def test_past_the_key_limit_one_message_goes_to_every_gateway() -> None:
     members = tuple(f"u{i}" for i in range(25))
-    messages = route_messages([Live(b"hi", members, "m1", "c1", 1)], max_keys=10)
-    assert [len(keys) for keys, _, _ in messages] == [10, 10, 5]
-    users = [user for _, body, _ in messages for frame in unpack_route(body) for user in frame.users]  # type: ignore[union-attr]
-    assert tuple(users) == members
+    frames: list[RouteFrame] = [Live(b"hi", members, "m1", "c1", 1), Reply(b"ok", "gw-1", "s1")]
+    [(keys, body, count)] = route_messages(frames, broadcast_above=25)
+    assert keys == [Topology.ALL_GATEWAYS_KEY]
+    assert count == 2 and unpack_route(body) == frames
 
 
-def test_frames_past_the_key_limit_start_a_new_message() -> None:
+def test_at_the_key_limit_the_message_still_names_each_key() -> None:
     frames = [Signal(b"x", (f"u{i}",)) for i in range(5)]
-    messages = route_messages(frames, max_keys=2)
-    assert [keys for keys, _, _ in messages] == [["user.u0", "user.u1"], ["user.u2", "user.u3"], ["user.u4"]]
+    [(keys, _, _)] = route_messages(frames, broadcast_above=5)
+    assert keys == [f"user.u{i}" for i in range(5)]
+
+
+def test_frames_past_the_user_limit_start_a_new_message_in_order() -> None:
+    frames: list[RouteFrame] = [
+        Signal(b"x", ("a", "b")),
+        Signal(b"y", ("c",)),
+        Live(b"z", ("d", "e", "f")),
+        Signal(b"w", ("g",)),
+    ]
+    messages = route_messages(frames, max_users=3)
+    assert [unpack_route(body) for _, body, _ in messages] == [frames[:2], frames[2:3], frames[3:]]
+    assert [keys for keys, _, _ in messages][0] == ["user.a", "user.b", "user.c"]
+
+
+def test_no_frames_no_message() -> None:
+    assert route_messages([]) == []
 
 
 def test_a_batch_of_events_is_a_json_array_and_a_lone_event_reads_as_one() -> None:

@@ -112,6 +112,8 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
                 topology.gateway_queue(gateway_id), exclusive=True, auto_delete=True
             )
             await queue.bind(topology.route_exchange, Topology.gateway_key(gateway_id))
+            # Batches for many users come to every gateway on this key (routing.py).
+            await queue.bind(topology.route_exchange, Topology.ALL_GATEWAYS_KEY)
             # The users' and rooms' keys come and go with sessions, bound in batches.
             bindings = Bindings(bus.connection, queue.name, topology.route_exchange)
             registry = Registry(bindings)

@@ -23,6 +23,8 @@ import websockets
 from hdrh.histogram import HdrHistogram
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame, Opcode
+from websockets.typing import BytesLike
 
 from tests.integration.client import token
 
@@ -179,6 +181,37 @@ class Ledger:
         return sum(len(m.waiting) for m in self.messages.values())
 
 
+class FrameReader(ClientConnection):
+    """A client connection that hands each text frame to `on_text` as it is parsed.
+
+    websockets' own reading puts each frame through a queue and a future for `recv()`; with
+    thousands of sessions in one process that was most of the load generator's CPU per frame, on
+    the cores the system under test needs. The server sends every frame whole (never
+    fragmented); a fragment would go to the library's queue, which nobody reads, and show up as
+    a lost message.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_text: Callable[[BytesLike], None] | None = None
+        # Frames parsed before the session set `on_text` (right after the handshake).
+        self.early: list[BytesLike] = []
+
+    def process_event(self, event: Any) -> None:
+        if (
+            self.response is not None
+            and isinstance(event, Frame)
+            and event.opcode is Opcode.TEXT
+            and event.fin
+        ):
+            if self.on_text is None:
+                self.early.append(event.data)
+            else:
+                self.on_text(event.data)
+            return
+        super().process_event(event)
+
+
 class Session:
     """One client connection, as a chat app holds it: reads every frame, acknowledges messages.
 
@@ -186,7 +219,7 @@ class Session:
     while the reader was busy go out in one `message_received` when it next waits for data.
     """
 
-    def __init__(self, ws: ClientConnection, user: str, ledger: Ledger | None) -> None:
+    def __init__(self, ws: FrameReader, user: str, ledger: Ledger | None) -> None:
         self.ws = ws
         self.user = user
         self.ledger = ledger
@@ -227,26 +260,36 @@ class Session:
                     # Every target is on loopback: no proxy is ever in the way, and looking for
                     # one reads the whole environment at each connect.
                     proxy=None,
+                    create_connection=FrameReader,
                 )
+        if not isinstance(ws, FrameReader):
+            raise TypeError(f"websockets made a {type(ws).__name__}, not the FrameReader asked for")
         return cls(ws, user, ledger)
 
     async def _read(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for raw in self.ws:
-                frame = orjson.loads(raw)
-                event, data = frame["event"], frame["data"]
-                if event == "new_message":
-                    self._on_message(data)
-                elif event == "authenticated":
-                    self.authenticated.set()
-                elif event == "queue_flushed":
-                    self.flushed_count = data["count"]
-                    self.flushed.set()
-                elif event == "message_sent":
-                    if self.ledger is not None:
-                        self.ledger.confirm(data.get("tempId"), time.perf_counter())
-                elif event in ("message_error", "error") and self.ledger is not None:
-                    self.ledger.errors[f"{event}:{data.get('code')}"] += 1
+        """Until the connection closes; its frames come to `_on_frame` as they are parsed."""
+        ws = self.ws
+        early, ws.early = ws.early, []
+        for raw in early:
+            self._on_frame(raw)
+        ws.on_text = self._on_frame
+        await ws.wait_closed()
+
+    def _on_frame(self, raw: BytesLike) -> None:
+        frame = orjson.loads(raw)
+        event, data = frame["event"], frame["data"]
+        if event == "new_message":
+            self._on_message(data)
+        elif event == "authenticated":
+            self.authenticated.set()
+        elif event == "queue_flushed":
+            self.flushed_count = data["count"]
+            self.flushed.set()
+        elif event == "message_sent":
+            if self.ledger is not None:
+                self.ledger.confirm(data.get("tempId"), time.perf_counter())
+        elif event in ("message_error", "error") and self.ledger is not None:
+            self.ledger.errors[f"{event}:{data.get('code')}"] += 1
 
     def _on_message(self, data: dict[str, Any]) -> None:
         now = time.perf_counter()

@@ -20,7 +20,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from switchboard_contracts.batches import decode_events
-from switchboard_contracts.events import NotificationRequested, UserWentOffline
+from switchboard_contracts.events import GatewayHeartbeat, NotificationRequested, UserWentOffline
 from tests.chaos.faults import Infra
 from tests.chaos.oracle import judge, lost_pairs
 from tests.chaos.run import World, caught_up_since, load, round_trip, world
@@ -97,15 +97,19 @@ class Observed:
             self.seen += decode_events(message.body, message.content_type)
             self.changed.notify_all()
 
+    def of(self, event_type: str) -> list[dict[str, object]]:
+        return [e["data"] for e in self.seen if e["type"] == event_type]  # type: ignore[misc]
+
     async def wait(self, event_type: str, **data: object) -> None:
         def found() -> bool:
-            return any(
-                e["type"] == event_type and all(e["data"].get(k) == v for k, v in data.items())  # type: ignore[attr-defined]
-                for e in self.seen
-            )
+            return any(all(e.get(k) == v for k, v in data.items()) for e in self.of(event_type))
 
         async with asyncio.timeout(WAIT), self.changed:
             await self.changed.wait_for(found)
+
+    async def wait_distinct(self, event_type: str, field: str, count: int) -> None:
+        async with asyncio.timeout(WAIT), self.changed:
+            await self.changed.wait_for(lambda: len({e[field] for e in self.of(event_type)}) >= count)
 
 
 @contextlib.asynccontextmanager
@@ -121,11 +125,14 @@ async def observing(system: System, *event_types: str) -> AsyncIterator[Observed
 
 
 async def assert_every_relay_works(w: World) -> None:
-    """The probe pair, away from the load: one of them goes offline (presence's relay tells
+    """Both gateways' heartbeats reach the bus again (or presence would expire their sessions).
+    The probe pair, away from the load: one of them goes offline (presence's relay tells
     delivery), gets a message and a notification for it (delivery's relay), and comes back to a
     catch-up with that message in it (presence's relay asks for the flush)."""
     sender, away, chat = w.probe
-    async with observing(w.system, UserWentOffline.TYPE, NotificationRequested.TYPE) as observed:
+    types = GatewayHeartbeat.TYPE, UserWentOffline.TYPE, NotificationRequested.TYPE
+    async with observing(w.system, *types) as observed:
+        await observed.wait_distinct(GatewayHeartbeat.TYPE, "gateway_id", w.system.gateways)
         await away.go_offline()
         await observed.wait(UserWentOffline.TYPE, user_id=away.id)
         send = await sender.send(chat, time.perf_counter())

@@ -46,6 +46,8 @@ RECENT_IDS = 10_000
 
 # Writes frames to the socket, all that were waiting at once (ws.py `frame_sender`).
 Send = Callable[[list[bytes]], Awaitable[None]]
+# The same without waiting: False, with nothing written, when the socket has no room now.
+SendNow = Callable[[list[bytes]], bool]
 Close = Callable[[int, str], Coroutine[Any, Any, None]]
 
 _background: set[asyncio.Task[None]] = set()
@@ -74,6 +76,8 @@ class Session:
     # Called with the position to continue after when a flush page is done and there is room.
     # Asks delivery for the next page of a queue flush: (after_position, after_cursor).
     request_page: Callable[[int, str], Coroutine[Any, Any, None]] | None = None
+    # Writes at once when the socket has room (ws_protocol.py), so most bursts need no writer task.
+    send_now: SendNow | None = None
     # How fast this session may send `typing` (created on its first `typing`).
     typing_limit: AsyncLimiter | None = None
     # How often this session may `sync` (created on its first `sync`).
@@ -104,6 +108,8 @@ class Session:
     # that failed to write stays here, so no other starts: the frames then wait, as they did for
     # a writer that lived as long as the session, until the bound drops the session or it ends.
     _writer: asyncio.Task[None] | None = None
+    # A write is due at the end of this event-loop turn (`_write_now`).
+    _write_due: bool = False
     _flush_timer: asyncio.TimerHandle | None = None
     # Set when the socket took enough to have room; made by the first `room()` that must wait.
     _drained: asyncio.Event | None = None
@@ -156,8 +162,28 @@ class Session:
             return
         frames.append(frame)
         self._bytes += len(frame)
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+        if self._writer is None and not self._write_due:
+            # After this turn: what else the turn pushes (a reply and its delivery info, the
+            # frames of one route batch) goes in the same write.
+            self._write_due = True
+            asyncio.get_running_loop().call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        """Write what waits if the socket takes it now; else start a writer task that waits."""
+        self._write_due = False
+        frames = self._frames
+        if self._writer is not None or not frames:
+            return
+        if self.send_now is not None:
+            burst = list(frames)
+            if self.send_now(burst):
+                frames.clear()
+                self._bytes -= sum(map(len, burst))
+                self._frames = None
+                self._room_made()
+                self._maybe_request_page()
+                return
+        self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
 
     def drop(self, reason: str) -> None:
         """Close with 1013: the client reconnects and catches up from its queue."""

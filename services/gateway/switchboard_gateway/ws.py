@@ -38,7 +38,7 @@ from .handlers import FRAME_HANDLERS, temp_id_of
 from .limits import Limits, ReadPace
 from .metrics import FRAMES
 from .sessions import Session
-from .ws_protocol import SEND_FRAMES
+from .ws_protocol import SEND_FRAMES, SEND_FRAMES_NOW
 
 __all__ = ["websocket_endpoint"]
 
@@ -116,6 +116,8 @@ async def _serve(gateway: Gateway, limits: Limits, ws: WebSocket) -> None:
         session = Session(
             user_id=user_id,
             send=frame_sender(ws),
+            # Absent under another ASGI server: every write then goes through `send`.
+            send_now=ws.scope.get("extensions", {}).get(SEND_FRAMES_NOW),
             close=lambda code, reason: _close(ws, code, reason),
             buffer_limit=gateway.settings.send_buffer_frames,
             buffer_bytes_limit=gateway.settings.send_buffer_bytes,

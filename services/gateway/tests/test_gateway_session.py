@@ -244,3 +244,28 @@ async def test_an_unreadable_flush_page_ends_the_session_for_a_retry() -> None:
     assert sink.closed == (CLOSE_TRY_AGAIN, "internal")
     assert sink.frames == []
     await session.stop()
+
+
+async def test_a_socket_with_room_is_written_in_one_burst_without_a_task_and_one_without_waits() -> None:
+    """With `send_now`, what one event-loop turn pushes goes out in one write from a callback;
+    when the socket has no room (`send_now` says False), a writer task waits on `send`."""
+    sink = Sink()
+    bursts: list[list[str]] = []
+    room = True
+
+    def send_now(frames: list[bytes]) -> bool:
+        if room:
+            bursts.append([frame.decode() for frame in frames])
+        return room
+
+    session = Session("ann", sink.send, sink.close, buffer_limit=10, send_now=send_now)  # type: ignore[arg-type]
+    session.push(b"a")
+    session.push(b"b")
+    await asyncio.sleep(0)  # one event-loop turn: the write is due at its end
+    assert bursts == [["a", "b"]]
+    assert session._writer is None and sink.frames == []
+
+    room = False
+    session.push(b"c")
+    await sink.until(lambda: sink.frames == ["c"])
+    assert bursts == [["a", "b"]]

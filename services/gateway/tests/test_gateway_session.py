@@ -258,7 +258,7 @@ async def test_a_socket_with_room_is_written_in_one_burst_without_a_task_and_one
             bursts.append([frame.decode() for frame in frames])
         return room
 
-    session = Session("ann", sink.send, sink.close, buffer_limit=10, send_now=send_now)  # type: ignore[arg-type]
+    session = Session("ann", sink.send, sink.close, buffer_limit=10, send_now=send_now)
     session.push(b"a")
     session.push(b"b")
     await asyncio.sleep(0)  # one event-loop turn: the write is due at its end

@@ -9,6 +9,7 @@ per-address limit of one test never counts another test's sockets.
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -293,6 +294,89 @@ async def test_a_request_head_not_sent_in_time_is_cut_off(
     assert HEADER_TIMEOUT - 0.1 <= elapsed <= HEADER_TIMEOUT + 3
     # WebSockets opened before are older than the deadline by now and are not touched by it.
     assert alice.close_code is None and bob.close_code is None
+    await still_works(chat, alice, bob)
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (UPGRADE + b"X-Long: " + b"a" * 9000 + b"\r\n\r\n", b"431"),
+        (UPGRADE + b"".join(b"X-H%d: v\r\n" % i for i in range(130)) + b"\r\n", b"431"),
+        (b"GET /ws?" + b"a" * 9000 + UPGRADE.removeprefix(b"GET /ws") + b"\r\n", b"414"),
+        (UPGRADE + b"Content-Length: 5\r\n\r\nhello", b"400"),
+    ],
+    ids=["a header line over 8 KiB", "over 128 headers", "a request line over 8 KiB", "with a body"],
+)
+async def test_an_upgrade_head_the_handshake_refuses_is_answered_and_closed_at_once(
+    connect: Connector, head: bytes, status: bytes
+) -> None:
+    """Read whole by h11 (within its 16 KiB) but refused by the WebSocket handshake: answered
+    with `bad_handshake` and closed at once, not held past every deadline."""
+    address = fresh_address()
+    chat, alice, bob = await pair(connect, address)
+    port = int(connect.system.gateway_url().rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+    writer.write(head)
+    received, elapsed = await _until_closed(reader, writer, b"")
+    assert received.startswith(b"HTTP/1.1 " + status + b" ")
+    assert json.loads(received.split(b"\r\n\r\n", 1)[1])["code"] == "bad_handshake"
+    assert elapsed < HEADER_TIMEOUT  # answered, not left to a deadline
+    await still_works(chat, alice, bob)
+
+
+def open_descriptors(system: System) -> int:
+    popen = system.processes["gateway-0"].popen
+    assert popen is not None
+    return len(os.listdir(f"/proc/{popen.pid}/fd"))
+
+
+async def test_hundreds_of_refused_heads_and_silent_sockets_are_closed_and_hold_no_descriptor(
+    connect: Connector,
+) -> None:
+    """200 upgrade heads the handshake refuses and 200 WebSockets that never authenticate, each
+    from an address of its own (past the per-address limits): every one is closed within its
+    deadline, and the gateway holds as many descriptors after as before."""
+    chat, alice, bob = await pair(connect, fresh_address())
+    before = open_descriptors(connect.system)
+    port = int(connect.system.gateway_url().rsplit(":", 1)[1])
+    heads = [
+        UPGRADE + b"X-Long: " + b"a" * 9000 + b"\r\n\r\n",
+        UPGRADE + b"Content-Length: 5\r\n\r\nhello",
+    ]
+
+    async def refused_head(n: int) -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(fresh_address(), 0))
+        writer.write(heads[n % 2])
+        received, elapsed = await _until_closed(reader, writer, b"")
+        assert received.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 "))
+        return elapsed
+
+    async def silent_socket() -> float:
+        start = time.monotonic()
+        client = await open_socket(connect, fresh_address())
+        assert await client.wait_closed() == 4401
+        return time.monotonic() - start
+
+    elapsed = await asyncio.gather(
+        *(refused_head(n) for n in range(200)), *(silent_socket() for _ in range(200))
+    )
+    # A busy 2-core machine may lag: each within its deadline plus a few seconds.
+    assert max(elapsed[:200]) < HEADER_TIMEOUT + 3
+    assert max(elapsed[200:]) < AUTH_TIMEOUT + 3
+    async for attempt in AsyncRetrying(
+        # The gateway offers no event for a descriptor closed: read /proc, briefly, bounded.
+        stop=stop_after_delay(5),
+        wait=wait_fixed(0.1),
+        retry=retry_if_exception_type(AssertionError),
+    ):
+        with attempt:
+            assert open_descriptors(connect.system) <= before
     await still_works(chat, alice, bob)
 
 

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     REQUEST_TIMEOUT = "request_timeout"
+    BAD_HANDSHAKE = "bad_handshake"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -74,6 +75,9 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.REQUEST_TIMEOUT: "Part of the request line and headers of an HTTP request (a WebSocket "
     "upgrade included) arrived, but not all of it within the configured time; answered 408 and the "
     "connection closed (a connection on which nothing was sent is closed without an answer).",
+    ErrorCode.BAD_HANDSHAKE: "A WebSocket upgrade request the handshake refuses: a request line or a "
+    "header line over 8,192 bytes or more than 128 headers (HTTP 414 or 431), or a request that is not "
+    "a WebSocket upgrade the handshake can read (HTTP 400); answered at once and the connection closed.",
     ErrorCode.UNAVAILABLE: "The message broker was out of reach for longer than the gateway holds a send "
     "(`CHAT_SEND_HOLD_SECONDS`, 10 s by default); nothing was confirmed. Send it again with the same "
     "`tempId` after `retry_after` seconds.",
@@ -97,6 +101,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
     ErrorCode.ORIGIN_NOT_ALLOWED: 403,
     ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.BAD_HANDSHAKE: 400,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }

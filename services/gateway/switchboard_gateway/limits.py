@@ -35,7 +35,14 @@ from switchboard_contracts.errors import ErrorCode
 from .metrics import VIOLATIONS
 from .settings import Settings
 
-__all__ = ["Counts", "HeaderDeadlineProtocol", "Limits", "UserLimits", "header_deadline_protocol"]
+__all__ = [
+    "Counts",
+    "HeaderDeadlineProtocol",
+    "Limits",
+    "UserLimits",
+    "header_deadline_protocol",
+    "raw_response",
+]
 
 log = structlog.get_logger()
 
@@ -298,7 +305,7 @@ class Limits:
         return not self.origins or origin is None or normalize_origin(origin) in self.origins
 
 
-def _raw_response(status: str, code: ErrorCode, message: str, *headers: str) -> bytes:
+def raw_response(status: str, code: ErrorCode, message: str, *headers: str) -> bytes:
     """A whole HTTP/1.1 answer with the JSON error body, written before uvicorn parses anything."""
     body = orjson.dumps({"code": code.value, "message": message})
     head = "".join(
@@ -314,12 +321,12 @@ def _raw_response(status: str, code: ErrorCode, message: str, *headers: str) -> 
     return f"{head}\r\n".encode() + body
 
 
-REQUEST_TIMEOUT_RESPONSE = _raw_response(
+REQUEST_TIMEOUT_RESPONSE = raw_response(
     "408 Request Timeout",
     ErrorCode.REQUEST_TIMEOUT,
     "the request line and headers did not arrive in time",
 )
-TOO_FAST_RESPONSE = _raw_response(
+TOO_FAST_RESPONSE = raw_response(
     "429 Too Many Requests",
     ErrorCode.RATE_LIMITED,
     "this address opens connections too fast; reconnect with back-off",

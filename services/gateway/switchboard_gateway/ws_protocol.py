@@ -18,17 +18,25 @@ ones; past `max_fragments` the connection is closed with 1008 `too_many_fragment
 Every connection closed for what the parser found (too many fragments, a frame over the size
 limit, a malformed frame) is a violation charged to its address's connect allowance
 (`Limits.violation`).
+
+An upgrade whose head the handshake parser refuses (a line over 8,192 bytes, more than 128
+headers: limits h11, which read the head first, does not have) never becomes a request for
+uvicorn, which then neither answers nor closes: the socket would stay open for ever, past every
+deadline. Such a head is answered here, `bad_handshake` with 414, 431 or 400, and closed, and
+counts as a violation too.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.exceptions import InvalidState
+from websockets.exceptions import HeaderLineTooLong, InvalidState, RequestLineTooLong, TooManyHeaders
 from websockets.frames import Frame
 
 from switchboard_contracts.errors import WS_CLOSE_POLICY, ErrorCode
 from switchboard_contracts.wire import error_frame
+
+from .limits import raw_response
 
 if TYPE_CHECKING:
     from .limits import Limits
@@ -45,6 +53,16 @@ SEND_FRAMES_NOW = "switchboard.send_frames_now"
 FEED_BYTES = 4096
 
 KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+# The answers to an upgrade head the handshake parser refused, by what it refused.
+_REFUSED = "the WebSocket upgrade request could not be read"
+URI_TOO_LONG = raw_response("414 URI Too Long", ErrorCode.BAD_HANDSHAKE, f"{_REFUSED}: request line too long")
+HEADERS_TOO_LARGE = raw_response(
+    "431 Request Header Fields Too Large",
+    ErrorCode.BAD_HANDSHAKE,
+    f"{_REFUSED}: a header line over 8,192 bytes or more than 128 headers",
+)
+BAD_HANDSHAKE = raw_response("400 Bad Request", ErrorCode.BAD_HANDSHAKE, _REFUSED)
+
 # What the WebSocket layer closed with when the reason is not one of ours.
 CLOSE_KINDS = {1009: ErrorCode.FRAME_TOO_LARGE.value}
 
@@ -122,6 +140,9 @@ class PacedWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._unparsed.clear()
                 self.handle_parser_exception()
                 return
+            if self.conn.handshake_exc is not None and not self.handshake_initiated:
+                self._refuse_handshake(self.conn.handshake_exc)
+                return
             self.handle_events()
         # Either all is parsed, or a message is waiting and reading is paused: the rest stays
         # unparsed and the socket unread until the application takes it (`receive`).
@@ -145,6 +166,21 @@ class PacedWebSocketProtocol(WebSocketsSansIOProtocol):
             )
             self.limits.violation(client[0] if client else None, kind)
         super().handle_parser_exception()
+
+    def _refuse_handshake(self, exc: Exception) -> None:
+        """Answer an upgrade head the parser refused, and close (see the module's docstring)."""
+        self._unparsed.clear()
+        if isinstance(exc, RequestLineTooLong):
+            answer = URI_TOO_LONG
+        elif isinstance(exc, (HeaderLineTooLong, TooManyHeaders)):
+            answer = HEADERS_TOO_LARGE
+        else:
+            answer = BAD_HANDSHAKE
+        self.close_sent = True
+        self.transport.write(answer)
+        self.transport.close()
+        if self.limits is not None:
+            self.limits.violation(self.client[0] if self.client else None, ErrorCode.BAD_HANDSHAKE)
 
     def _refuse_fragments(self) -> None:
         self.frames = []

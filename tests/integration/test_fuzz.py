@@ -697,11 +697,15 @@ class Fuzzer:
             if (closes_with := wire.closes_with) is not None:
                 break
         context = f"frames sent: {wires!r}"
+        # `user_authenticated` on an open session is a renewal; a refused one is `invalid_token`.
+        renewals = frozenset({"invalid_token"} if any(w.event == "user_authenticated" for w in wires) else ())
         if closes_with is not None:
             self.stats[f"closed {closes_with}"] += 1
             code = await client.wait_closed()
             self.check(
-                client, context, allowed_errors=frozenset({"frame_too_large"} if closes_with == 1009 else ())
+                client,
+                context,
+                allowed_errors=renewals | frozenset({"frame_too_large"} if closes_with == 1009 else ()),
             )
             assert code == closes_with, f"expected close {closes_with}, got {code}; {context}"
             return
@@ -717,13 +721,13 @@ class Fuzzer:
         try:
             await client.wait(answered, timeout=ANSWER_WAIT)
         except (AssertionError, TimeoutError):
-            self.check(client, context)
+            self.check(client, context, renewals)
             raise AssertionError(
                 f"no answer (or the socket closed: {client.close_code}) within {ANSWER_WAIT}s; "
                 f"owed {dict(self.owed)} answers and the probe; {context}; "
                 f"got {client.frames[start:][-10:]}"
             ) from None
-        self.check(client, context)
+        self.check(client, context, renewals)
         for event, count in self.owed.items():
             assert _answers(client.frames, event) <= count + self.late[event], (
                 f"{event}: more answers than frames; {context}; before that {self.previous}; "

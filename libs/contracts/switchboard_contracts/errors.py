@@ -19,6 +19,7 @@ __all__ = [
 
 class ErrorCode(StrEnum):
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a credential
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a credential
     NOT_AUTHENTICATED = "not_authenticated"
     BAD_REQUEST = "bad_request"
     NOT_A_MEMBER = "not_a_member"
@@ -47,6 +48,9 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
         "maximum age is configured); a bare user id in `user_authenticated` is refused the same way. "
         "On the WebSocket the socket is then closed with 4401."
     ),
+    ErrorCode.TOKEN_EXPIRED: "The token the session authenticated with expired (its `exp` plus the "
+    "configured leeway) and no fresh one came (`user_authenticated` again); the socket is then closed "
+    "with 4401. Connect again with a fresh token.",
     ErrorCode.NOT_AUTHENTICATED: "An event other than `user_authenticated` arrived before authentication.",
     ErrorCode.BAD_REQUEST: "Bad JSON, a frame that is not an object, an unknown event, or a missing or "
     "wrongly typed field.",
@@ -86,6 +90,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_TOKEN: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
     ErrorCode.NOT_AUTHENTICATED: 401,
     ErrorCode.BAD_REQUEST: 422,
     ErrorCode.NOT_A_MEMBER: 403,

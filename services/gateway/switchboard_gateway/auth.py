@@ -2,6 +2,8 @@
 
 PyJWT checks the signature, `exp`, `nbf` and `iat` (not in the future, with the leeway), and
 `aud` / `iss` when configured (then required). The maximum age is checked here: PyJWT has none.
+So are the types of `exp`, `nbf` and `iat`: PyJWT takes a numeric string, or a float such as
+1e300 (a token that never expires), where a whole number of seconds belongs.
 """
 
 import time
@@ -13,11 +15,22 @@ from switchboard_contracts.models import check_user_id
 
 from .settings import Settings
 
-__all__ = ["AuthError", "Verifier"]
+__all__ = ["AuthError", "Verified", "Verifier"]
+
+# The last second of the year 9999: no NumericDate past it is meant seriously.
+LAST_NUMERIC_DATE = 253_402_300_799
+TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 class AuthError(Exception):
     """The token is not acceptable; the message says why (it is sent to the client)."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    user_id: str
+    # The token's `exp`, in seconds since the epoch.
+    expires_at: int
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,9 @@ class Verifier:
         return ["exp", "sub", "iat"] if self.max_age is not None else ["exp", "sub"]
 
     def user_id(self, token: object) -> str:
+        return self.verify(token).user_id
+
+    def verify(self, token: object) -> Verified:
         if not isinstance(token, str) or not token:
             raise AuthError("a JWT is required; a bare user id is not accepted")
         try:
@@ -69,16 +85,19 @@ class Verifier:
             raise AuthError(f"token not yet valid: {exc}") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
+        for name in TIME_CLAIMS:
+            value = claims.get(name)
+            if value is not None and (type(value) is not int or not 0 <= value <= LAST_NUMERIC_DATE):
+                raise AuthError(f"`{name}` must be a whole number of seconds from 1970 to the year 9999")
         if self.max_age is not None:
-            # PyJWT has checked that `iat` is present and converts to an integer. Integer
-            # arithmetic: a huge negative `iat` must be refused, not overflow a float.
-            age = int(time.time()) - int(claims["iat"])
+            # PyJWT has checked that `iat` is present, and it is a whole number in range.
+            age = int(time.time()) - claims["iat"]
             if age > self.max_age + self.leeway:
                 raise AuthError(f"token too old: issued {age} s ago, the limit is {self.max_age:g} s")
         sub = claims["sub"]
         if not isinstance(sub, str):
             raise AuthError("`sub` must be a string")
         try:
-            return check_user_id(sub)
+            return Verified(check_user_id(sub), claims["exp"])
         except ValueError as exc:
             raise AuthError(f"`sub`: {exc}") from None

@@ -194,6 +194,16 @@ class Session:
         self._room_made()
         self._spawn(self.close(CLOSE_TRY_AGAIN, reason))
 
+    def end(self, code: int, reason: str, frame: bytes) -> None:
+        """Send `frame`, then close with `code`: the server ends the session for a reason of its
+        own (an expired token), not the client's reading."""
+        if self.closed:
+            return
+        self.push(frame)
+        self.closed = True
+        self._room_made()
+        self._spawn(self.close(code, reason))
+
     def deliver(self, frame: ToSession) -> None:
         if isinstance(frame, Live):
             if self.catching_up:

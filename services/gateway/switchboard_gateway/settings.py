@@ -13,9 +13,14 @@ __all__ = ["Settings"]
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
+# RFC 7518 section 3.2: an HS256 key must be at least as long as the hash, 256 bits. A shorter
+# secret is open to brute force offline from any one token.
+MIN_SECRET_BYTES = 32
+
+
 class Settings(CommonSettings):
     gateway_port: int = Field(8000, ge=0, le=65535)
-    # HS256 secret. Required unless an RS256 public key is configured.
+    # HS256 secret, at least 32 bytes. Required unless an RS256 public key is configured.
     jwt_secret: SecretStr | None = None
     # PEM public key: when set, tokens must be RS256 and the secret is not used.
     jwt_public_key: str | None = None
@@ -94,6 +99,16 @@ class Settings(CommonSettings):
     # arrive within this time of the connection opening: a real client sends them at once (under
     # 1 KB), a slowloris never finishes. Like the 10 s to authenticate that follows.
     header_timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"CHAT_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (an HS256 key as long as"
+                " its hash, RFC 7518 section 3.2); generate one with `openssl rand -base64 48`"
+            )
+        return secret
 
     @field_validator("trusted_proxies", "allowed_origins", mode="before")
     @classmethod

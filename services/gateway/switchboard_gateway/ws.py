@@ -27,13 +27,13 @@ from switchboard_contracts.events import SessionClosed
 from switchboard_contracts.wire import (
     ClientFrame,
     UserAuthenticated,
-    encode_frame,
     error_frame,
     message_error_frame,
 )
 
-from .auth import AuthError
+from .auth import AuthError, Verified
 from .context import Gateway
+from .expiry import TokenExpiry, authenticated_frame
 from .handlers import FRAME_HANDLERS, temp_id_of
 from .limits import Limits, ReadPace
 from .metrics import FRAMES
@@ -101,10 +101,12 @@ async def _deny(ws: WebSocket, code: ErrorCode, message: str) -> None:
 async def _serve(gateway: Gateway, limits: Limits, ws: WebSocket) -> None:
     await ws.accept()
     session: Session | None = None
+    expiry: TokenExpiry | None = None
     counted: str | None = None  # the user whose session count this connection holds
     pace = limits.read_pace(ws.client.host if ws.client else None)
     try:
-        user_id, device_id = await _authenticate(gateway, ws, pace)
+        verified, device_id = await _authenticate(gateway, ws, pace)
+        user_id = verified.user_id
         if not limits.users.open(user_id):
             raise await _refuse(
                 ws,
@@ -138,17 +140,23 @@ async def _serve(gateway: Gateway, limits: Limits, ws: WebSocket) -> None:
             session = None
             raise Closed from None
         session.start()
-        session.push(encode_frame("authenticated", {"user_id": user_id, "session_id": session.id}))
+        expiry = TokenExpiry(session, gateway.verifier, verified)
+        session.push(authenticated_frame(session, verified))
         await gateway.publish(gateway.session_opened(session))
         while True:
             frame = await _read(gateway, ws, pace)
             if isinstance(frame, bytes):
                 session.push(frame)
+            elif frame.event == "user_authenticated":
+                FRAMES.labels(frame.event).inc()
+                expiry.refresh(frame.data)
             else:
                 await _dispatch(gateway, limits, session, frame)
     except Closed:
         pass
     finally:
+        if expiry is not None:
+            expiry.cancel()
         # Counted out first, so nothing the cleanup below may raise can leak the user's place.
         if counted is not None:
             limits.users.close(counted)
@@ -222,12 +230,12 @@ async def _credentials(ws: WebSocket, data: Any) -> UserAuthenticated:
         raise await _refuse_token(ws, 'data must be {"token": "<jwt>"}') from None
 
 
-async def _authenticate(gateway: Gateway, ws: WebSocket, pace: ReadPace) -> tuple[str, str | None]:
+async def _authenticate(gateway: Gateway, ws: WebSocket, pace: ReadPace) -> tuple[Verified, str | None]:
     token = _handshake_token(ws)
     if token is not None:
         auth = await _credentials(ws, {"token": token or "-", "device_id": ws.query_params.get("device_id")})
         try:
-            return gateway.verifier.user_id(token), auth.device_id
+            return gateway.verifier.verify(token), auth.device_id
         except AuthError as exc:
             raise await _refuse_token(ws, str(exc)) from None
     try:
@@ -246,7 +254,7 @@ async def _authenticate(gateway: Gateway, ws: WebSocket, pace: ReadPace) -> tupl
                     continue
                 auth = await _credentials(ws, frame.data)
                 try:
-                    return gateway.verifier.user_id(auth.token), auth.device_id
+                    return gateway.verifier.verify(auth.token), auth.device_id
                 except AuthError as exc:
                     raise await _refuse_token(ws, str(exc)) from None
     except TimeoutError:
@@ -320,12 +328,7 @@ async def _dispatch(gateway: Gateway, limits: Limits, session: Session, frame: C
         session.push(error_frame(ErrorCode.RATE_LIMITED, "sync: too many from your address; retry later"))
         return
     if handler is None:
-        reason = (
-            "already authenticated"
-            if frame.event == "user_authenticated"
-            else f"unknown event {frame.event!r}"
-        )
-        session.push(error_frame(ErrorCode.BAD_REQUEST, reason))
+        session.push(error_frame(ErrorCode.BAD_REQUEST, f"unknown event {frame.event!r}"))
         return
     try:
         await handler(gateway, session, frame.data)

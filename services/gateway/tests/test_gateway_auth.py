@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.utils import base64url_encode
 
 from switchboard_gateway.auth import AuthError, Verifier
+from switchboard_gateway.settings import Settings
 
 SECRET = "unit-test-secret-that-is-32-bytes-long"
 
@@ -72,3 +73,33 @@ def test_rs256_is_pinned_when_a_public_key_is_configured() -> None:
     signature = base64url_encode(hmac.new(public, signing_input, hashlib.sha256).digest())
     with pytest.raises(AuthError):
         verifier.user_id((signing_input + b"." + signature).decode())
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": "9999999999"},  # a numeric string, which PyJWT converts
+        {"exp": 1e300},  # never expires
+        {"exp": 9_999_999_999_999},  # past the year 9999
+        {"nbf": 1.5},
+        {"iat": True},
+        {"iat": -1},
+    ],
+    ids=["exp string", "exp 1e300", "exp past 9999", "nbf fraction", "iat boolean", "iat negative"],
+)
+def test_time_claims_must_be_whole_seconds_in_range(claims: dict[str, object]) -> None:
+    token = _hs({"sub": "ann", "exp": int(time.time()) + 60, **claims})
+    with pytest.raises(AuthError, match="whole number of seconds"):
+        Verifier(SECRET, "HS256", None, None).verify(token)
+
+
+def test_a_verified_token_says_when_it_expires() -> None:
+    exp = int(time.time()) + 60
+    verified = Verifier(SECRET, "HS256", None, None).verify(_hs({"sub": "ann", "exp": exp}))
+    assert (verified.user_id, verified.expires_at) == ("ann", exp)
+
+
+def test_a_secret_under_32_bytes_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Settings(jwt_secret="x" * 31)
+    assert Settings(jwt_secret="x" * 32).jwt_secret is not None

@@ -10,12 +10,10 @@ the local RabbitMQ on loopback with `rabbitmqctl` at hand; every other system of
 idle meanwhile and reconnects by itself.
 """
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from switchboard_contracts.events import ChatCreated, Envelope
 from switchboard_contracts.partitions import partition_key, partition_of
@@ -23,24 +21,10 @@ from switchboard_contracts.topology import Topology
 from switchboard_runtime.amqp import Bus
 from tests.chaos.faults import Infra
 
-from .client import WAIT
+from .broker import first_delivery
 from .system import System
 
 SERVICE = "delivery"
-
-
-async def first_message(queue: AbstractQueue) -> AbstractIncomingMessage:
-    """The first message the broker hands a consumer of `queue` (single-active-consumer quorum
-    queues refuse basic.get)."""
-    arrived: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        if not arrived.done():
-            arrived.set_result(message)
-
-    await queue.consume(on_message)
-    async with asyncio.timeout(WAIT):
-        return await arrived
 
 
 def chat_created() -> Envelope:
@@ -75,7 +59,7 @@ async def test_an_event_on_its_way_to_the_dead_letter_queue_survives_a_broker_re
         dead_queue = await channel.get_queue(dead, ensure=False)
         await dead_queue.unbind(topology.dead_letter_exchange, routing_key=SERVICE)
         await bus.publish_event(envelope)
-        message = await first_message(await channel.get_queue(source, ensure=False))
+        message = await first_delivery(await channel.get_queue(source, ensure=False))
         assert message.message_id == str(envelope.id)
         await message.reject(requeue=False)  # dead-lettered now, with no route to take
 
@@ -97,7 +81,7 @@ async def test_an_event_on_its_way_to_the_dead_letter_queue_survives_a_broker_re
         connection = await aio_pika.connect(amqp_url)
         channel = await connection.channel()
         try:
-            got = await first_message(await channel.get_queue(dead, ensure=False))
+            got = await first_delivery(await channel.get_queue(dead, ensure=False))
         except TimeoutError:
             raise AssertionError("the dead-lettered event was lost") from None
         assert got.message_id == str(envelope.id)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 import pytest
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from structlog.testing import capture_logs
 from tenacity import AsyncRetrying, stop_after_delay, wait_fixed
 
@@ -25,6 +25,7 @@ from switchboard_runtime.db import Conn, create_pool
 from switchboard_runtime.outbox import OutboxTable
 from switchboard_runtime.uow import Outbox, UnitOfWork, UnitsOfWork
 
+from .broker import first_delivery
 from .client import Api, Client, unique
 from .system import BIN, System, running_system
 
@@ -117,18 +118,6 @@ async def listing_until(system: System, service: str, done: Callable[[str], bool
             assert code == 0, out
             assert done(out), out
     return out
-
-
-async def first_delivery(queue: AbstractQueue, timeout: float = 30) -> AbstractIncomingMessage:
-    got: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        if not got.done():
-            got.set_result(message)
-
-    await queue.consume(on_message)
-    async with asyncio.timeout(timeout):
-        return await got
 
 
 def queue_of(topology: Topology, service: str, envelope: Envelope) -> str:

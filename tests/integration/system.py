@@ -29,6 +29,7 @@ from switchboard_contracts.topology import OPTIONAL_SUBSCRIPTIONS, PARTITIONED, 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 JWT_SECRET = "integration-tests-secret-of-at-least-32-bytes"
+INTERNAL_SECRET = "integration-tests-internal-secret-of-32-bytes"
 # Services import their whole stack at start; on a busy 2-core machine that takes seconds.
 READY_TIMEOUT = 60.0
 
@@ -119,6 +120,7 @@ class System:
             CHAT_DATABASE_URL=self.database_url,
             CHAT_NAMESPACE=self.namespace,
             CHAT_JWT_SECRET=JWT_SECRET,
+            CHAT_INTERNAL_SECRET=INTERNAL_SECRET,
             CHAT_LOG_LEVEL="INFO",
             # Small flush pages, so the offline-queue tests cross page boundaries.
             CHAT_FLUSH_PAGE_MESSAGES="40",

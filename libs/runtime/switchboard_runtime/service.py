@@ -24,6 +24,7 @@ from .amqp import Bus
 from .consumer import EventConsumer, Handler
 from .db import Conn, create_pool, ensure_database
 from .eventlog import EventLog
+from .internal_auth import internal_tokens
 from .logs import configure_logging
 from .migrate import apply_migrations
 from .outbox import OutboxTable
@@ -216,6 +217,8 @@ def event_app(
             yield
 
     app = FastAPI(title=title, lifespan=lifespan)
+    # Refused at start without the secret: every internal call would be refused anyway.
+    app.state.internal_tokens = internal_tokens(settings)
     add_health_routes(app, lambda: app.state.runtime.ready())
     return app
 

@@ -1,12 +1,16 @@
 """Configuration every service shares, read from `CHAT_*` environment variables."""
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchboard_contracts.partitions import DEFAULT_PARTITIONS
 from switchboard_contracts.topology import Topology
 
-__all__ = ["CommonSettings"]
+__all__ = ["MIN_SECRET_BYTES", "CommonSettings"]
+
+# RFC 7518 section 3.2: an HS256 key must be at least as long as the hash, 256 bits. A shorter
+# secret is open to brute force offline from any one token signed with it.
+MIN_SECRET_BYTES = 32
 
 
 class CommonSettings(BaseSettings):
@@ -34,6 +38,19 @@ class CommonSettings(BaseSettings):
     # at once, or a flood of them) then waits for its own connections and never holds up the
     # consumer and the outbox relay. Six: each call is one short query.
     api_pool_size: int = Field(6, ge=1, le=100)
+    # Signs and checks the calls gateways make to the services' internal APIs (internal_auth.py).
+    # Required to serve; the same in every process of a deployment, never given to clients.
+    internal_secret: SecretStr | None = None
+
+    @field_validator("internal_secret")
+    @classmethod
+    def _internal_secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"CHAT_INTERNAL_SECRET must be at least {MIN_SECRET_BYTES} bytes (an HS256 key as long"
+                " as its hash, RFC 7518 section 3.2); generate one with `openssl rand -base64 48`"
+            )
+        return secret
 
     def topology(self) -> Topology:
         return Topology(self.namespace, self.partitions)

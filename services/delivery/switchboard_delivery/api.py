@@ -2,7 +2,8 @@
 
 Delivery knows who received and read what (it holds what each recipient has not acknowledged,
 and how far each has read), so a history page's receipts come from here. Not for clients: the
-gateway authenticates the caller and passes the user id in `X-Switchboard-User`.
+gateway authenticates the caller and calls with a token signed for that user
+(`switchboard_runtime.internal_auth`).
 """
 
 from fastapi import APIRouter

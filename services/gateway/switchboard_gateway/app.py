@@ -18,6 +18,7 @@ from switchboard_runtime.amqp import Bus
 from switchboard_runtime.batcher import EventBatcher
 from switchboard_runtime.bindings import Bindings
 from switchboard_runtime.http_errors import install_error_handlers
+from switchboard_runtime.internal_auth import internal_tokens
 from switchboard_runtime.logs import configure_logging
 from switchboard_runtime.service import (
     Runtime,
@@ -31,6 +32,7 @@ from switchboard_runtime.service import (
 from .auth import Verifier
 from .context import Gateway
 from .http_api import router
+from .internal import SignedCalls
 from .limits import Limits, header_deadline_protocol
 from .metrics import SESSIONS
 from .registry import Registry
@@ -89,6 +91,8 @@ class GatewayApp:
 
 def create_app(settings: Settings | None = None, limits: Limits | None = None) -> GatewayApp:
     settings = settings or Settings()
+    # Refused at start without the secret: every call to the services would be refused anyway.
+    signed = SignedCalls(internal_tokens(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,9 +102,9 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
         topology = settings.topology()
         bus = Bus(settings.amqp_url, topology, source=f"gateway/{gateway_id}")
         async with (
-            httpx.AsyncClient(base_url=settings.messages_url, timeout=10.0) as messages_client,
-            httpx.AsyncClient(base_url=settings.presence_url, timeout=10.0) as presence_client,
-            httpx.AsyncClient(base_url=settings.delivery_url, timeout=10.0) as delivery_client,
+            httpx.AsyncClient(base_url=settings.messages_url, timeout=10.0, auth=signed) as messages_client,
+            httpx.AsyncClient(base_url=settings.presence_url, timeout=10.0, auth=signed) as presence_client,
+            httpx.AsyncClient(base_url=settings.delivery_url, timeout=10.0, auth=signed) as delivery_client,
         ):
             await bus.connect()
             channel = await bus.connection.channel()

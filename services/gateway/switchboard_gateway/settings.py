@@ -5,17 +5,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from switchboard_runtime.settings import CommonSettings
+from switchboard_runtime.settings import MIN_SECRET_BYTES, CommonSettings
 
 __all__ = ["Settings"]
 
 # A comma-separated list in its variable (`a,b`), not JSON.
 CommaList = Annotated[tuple[str, ...], NoDecode]
-
-
-# RFC 7518 section 3.2: an HS256 key must be at least as long as the hash, 256 bits. A shorter
-# secret is open to brute force offline from any one token.
-MIN_SECRET_BYTES = 32
 
 
 class Settings(CommonSettings):

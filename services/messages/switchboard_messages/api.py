@@ -1,7 +1,7 @@
 """Internal HTTP API for the gateway: chats, membership and history.
 
-Not for clients. The gateway authenticates the caller and passes the user id in
-`X-Switchboard-User`; deploy this port where only gateways reach it.
+Not for clients. The gateway authenticates the caller and calls with a token signed for that
+user (`switchboard_runtime.internal_auth`); deploy this port where only gateways reach it.
 """
 
 from datetime import UTC, datetime

@@ -7,6 +7,7 @@ use the shared system's internal secret, as the gateway does.
 
 import time
 import uuid
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -14,7 +15,7 @@ import pytest
 
 from switchboard_runtime.internal_auth import AUDIENCE, InternalTokens
 
-from .client import WAIT, unique
+from .client import WAIT, Client, token, unique
 from .conftest import Connector
 from .system import INTERNAL_SECRET, System
 
@@ -87,3 +88,35 @@ async def test_a_user_with_a_non_ascii_id_uses_the_whole_api(connect: Connector,
     await client.send("sync", {"chats": {chat: 0}})
     done = await client.next("sync_done")
     assert client.close_code is None, done
+
+
+@pytest.mark.parametrize("bad", ["nul\x00id", "esc\x1b[31mid", "del\x7fid"], ids=["NUL", "ESC", "DEL"])
+async def test_a_user_id_with_a_control_character_is_refused_wherever_it_comes_in(
+    connect: Connector, bad: str
+) -> None:
+    """At auth (`invalid_token`, 4401), in a request's body or path (422 `bad_request`); the
+    caller's connection and other users are unharmed."""
+    client = await Client.connect(connect.system.ws_url(), None)
+    connect.clients.append(client)
+    await client.send("user_authenticated", {"token": token(bad)})
+    assert (await client.next("error"))["code"] == "invalid_token"
+    assert await client.wait_closed() == 4401
+
+    me, friend = unique("ann"), unique("bob")
+    api = connect.api(me)
+    chat = await api.create_chat([friend])
+    for response in (
+        await api.http.post("/chats", json={"type": "group", "members": [friend, bad]}),
+        await api.http.post(f"/chats/{chat}/members", json={"user_id": bad}),
+        await api.http.delete(f"/chats/{chat}/members/{quote(bad, safe='')}"),
+        await api.http.get(f"/users/{quote(bad, safe='')}/presence"),
+    ):
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "bad_request"
+    assert (await api.http.get("/chats")).status_code == 200
+    alice = await connect(me)
+    bob = await connect(friend)
+    await alice.next("queue_flushed")
+    await bob.next("queue_flushed")
+    await alice.send_message(chat, "unharmed")
+    assert (await bob.next("new_message"))["content"] == "unharmed"

@@ -1,5 +1,6 @@
 """The shapes clients see: a stored message, a chat, and the HTTP request bodies."""
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -35,10 +36,15 @@ MAX_USER_ID_BYTES = 200
 
 
 def check_user_id(value: str) -> str:
+    """The one rule for a user id, wherever one comes in (a token's `sub`, a request's body or
+    path): 1 to 128 characters, at most 200 bytes of UTF-8, no control characters (NUL, which
+    PostgreSQL text cannot hold, and the rest of Unicode's Cc: invisible, and ambiguous in logs)."""
     if not value or len(value) > MAX_USER_ID_CHARS or len(value.encode()) > MAX_USER_ID_BYTES:
         raise ValueError(
             f"a user id is 1 to {MAX_USER_ID_CHARS} characters and at most {MAX_USER_ID_BYTES} bytes of UTF-8"
         )
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("a user id must not contain control characters (U+0000 to U+001F, U+007F to U+009F)")
     return value
 
 

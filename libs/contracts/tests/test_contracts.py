@@ -2,9 +2,11 @@ from pathlib import Path
 from uuid import uuid4
 
 import orjson
+import pytest
 
 from switchboard_contracts.errors import DESCRIPTIONS, HTTP_STATUS, ErrorCode
 from switchboard_contracts.events import EVENT_TYPES, Envelope, Origin, SessionOpened
+from switchboard_contracts.models import check_user_id
 from switchboard_contracts.wire import (
     CLIENT_EVENTS,
     SERVER_EVENTS,
@@ -63,3 +65,14 @@ def test_join_chat_takes_the_bare_chat_id_of_socket_io_clients() -> None:
     chat = uuid4()
     assert ChatRef.model_validate(str(chat)).chat_id == chat
     assert ChatRef.model_validate({"chat_id": str(chat)}).chat_id == chat
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "tab\there", "esc\x1b[0m", "del\x7f", "c1\x85", ""])
+def test_a_user_id_with_a_control_character_or_empty_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="user id"):
+        check_user_id(bad)
+
+
+@pytest.mark.parametrize("good", ["josé", "ユーザー", "👩‍💻 dev", "a b", "x" * 128])
+def test_a_user_id_of_any_script_within_the_limits_is_accepted(good: str) -> None:
+    assert check_user_id(good) == good

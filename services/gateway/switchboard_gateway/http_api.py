@@ -23,6 +23,7 @@ from switchboard_contracts.models import (
     MessageReceipts,
     PresenceOut,
     ReceiptsRequest,
+    UserId,
 )
 from switchboard_runtime.http_errors import ApiError
 
@@ -134,7 +135,7 @@ async def add_member(chat_id: UUID, body: AddMember, user: Caller, request: Requ
 
 
 @router.delete("/chats/{chat_id}/members/{user_id}", status_code=204, summary="Remove a member (group chats)")
-async def remove_member(chat_id: UUID, user_id: str, user: Caller, request: Request) -> Response:
+async def remove_member(chat_id: UUID, user_id: UserId, user: Caller, request: Request) -> Response:
     await call(
         _messages(request), "DELETE", f"/internal/chats/{chat_id}/members/{quote(user_id, safe='')}", user
     )
@@ -146,7 +147,7 @@ async def remove_member(chat_id: UUID, user_id: str, user: Caller, request: Requ
     tags=["presence"],
     summary="Whether a user is online; only for the user and those sharing a chat with them",
 )
-async def presence(user_id: str, user: Caller, request: Request) -> PresenceOut:
+async def presence(user_id: UserId, user: Caller, request: Request) -> PresenceOut:
     response = await call(
         _presence(request), "GET", f"/internal/users/{quote(user_id, safe='')}/presence", user
     )

@@ -22,6 +22,7 @@ from switchboard_contracts.models import (
     HistoryPage,
     SyncPlan,
     SyncRequest,
+    UserId,
 )
 from switchboard_runtime.internal_api import Caller, Pool, Units
 from switchboard_runtime.uow import UnitOfWork
@@ -161,7 +162,7 @@ async def add_member(chat_id: UUID, body: AddMember, caller: Caller, units: Unit
 
 
 @router.delete("/chats/{chat_id}/members/{user_id}", status_code=204)
-async def remove_member(chat_id: UUID, user_id: str, caller: Caller, units: Units) -> Response:
+async def remove_member(chat_id: UUID, user_id: UserId, caller: Caller, units: Units) -> Response:
     async with units() as uow:
         chat = await _lock_as_member(uow.store, chat_id, caller)
         check_membership_change(chat)

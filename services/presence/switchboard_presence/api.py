@@ -7,7 +7,7 @@ user (`switchboard_runtime.internal_auth`); deploy this port where only gateways
 from fastapi import APIRouter
 
 from switchboard_contracts.errors import ErrorCode
-from switchboard_contracts.models import PresenceOut
+from switchboard_contracts.models import PresenceOut, UserId
 from switchboard_runtime.http_errors import ApiError
 from switchboard_runtime.internal_api import Caller, Pool
 
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/internal")
 
 
 @router.get("/users/{user_id}/presence")
-async def user_presence(user_id: str, caller: Caller, pool: Pool) -> PresenceOut:
+async def user_presence(user_id: UserId, caller: Caller, pool: Pool) -> PresenceOut:
     async with pool.acquire() as conn:
         store = Store(conn)
         # The same rule as the `presence` frames: only someone sharing a chat may know.

@@ -9,7 +9,7 @@ import httpx
 import structlog
 from fastapi import FastAPI
 from starlette.routing import Match, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from switchboard_contracts.events import GatewayHeartbeat, SessionClosed, SessionOpened
 from switchboard_contracts.topology import Topology
@@ -47,6 +47,17 @@ __all__ = ["GatewayApp", "create_app", "main"]
 SERVICE = "gateway"
 log = structlog.get_logger()
 
+# On every HTTP answer of the client port (OWASP's headers for a REST API): its JSON is for
+# programs, never a page a browser should sniff into HTML, frame, load anything for, send a
+# referrer from or cache. Strict-Transport-Security belongs to whatever terminates TLS.
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+)
+
 
 async def heartbeat(gateway: Gateway) -> None:
     while True:
@@ -79,6 +90,9 @@ class GatewayApp:
         self.websocket = websocket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.app(scope, receive, _with_security_headers(send))
+            return
         if scope["type"] == "websocket":
             match, child_scope = self.websocket.matches(scope)
             if match is Match.FULL:
@@ -164,12 +178,28 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
         title="Switchboard gateway",
         summary="Client API: WebSocket protocol v1 at /ws (docs/protocol.md) and the chat HTTP API below.",
         lifespan=lifespan,
+        # The OpenAPI document only: the interactive pages load Swagger UI and ReDoc from a CDN
+        # into the client port's origin, scripts nobody here vouches for.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.limits = limits or Limits(settings)
     app.include_router(router)
     install_error_handlers(app)
     add_health_routes(app, lambda: app.state.runtime.ready())
     return GatewayApp(app, WebSocketRoute("/ws", websocket_endpoint))
+
+
+def _with_security_headers(send: Send) -> Send:
+    async def secured(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            present = {name.lower() for name, _ in headers}
+            headers += [header for header in SECURITY_HEADERS if header[0] not in present]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return secured
 
 
 def main() -> None:

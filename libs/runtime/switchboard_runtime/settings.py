@@ -6,11 +6,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from switchboard_contracts.partitions import DEFAULT_PARTITIONS
 from switchboard_contracts.topology import Topology
 
-__all__ = ["MIN_SECRET_BYTES", "CommonSettings"]
+__all__ = ["MIN_SECRET_BYTES", "CommonSettings", "long_enough"]
 
 # RFC 7518 section 3.2: an HS256 key must be at least as long as the hash, 256 bits. A shorter
 # secret is open to brute force offline from any one token signed with it.
 MIN_SECRET_BYTES = 32
+
+
+def long_enough(variable: str, secret: SecretStr | None) -> SecretStr | None:
+    """An HS256 secret of at least MIN_SECRET_BYTES, or a ValueError that names `variable`."""
+    if secret is not None and len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"{variable} must be at least {MIN_SECRET_BYTES} bytes (an HS256 key as long as its hash,"
+            " RFC 7518 section 3.2); generate one with `openssl rand -base64 48`"
+        )
+    return secret
 
 
 class CommonSettings(BaseSettings):
@@ -45,12 +55,7 @@ class CommonSettings(BaseSettings):
     @field_validator("internal_secret")
     @classmethod
     def _internal_secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
-        if secret is not None and len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
-            raise ValueError(
-                f"CHAT_INTERNAL_SECRET must be at least {MIN_SECRET_BYTES} bytes (an HS256 key as long"
-                " as its hash, RFC 7518 section 3.2); generate one with `openssl rand -base64 48`"
-            )
-        return secret
+        return long_enough("CHAT_INTERNAL_SECRET", secret)
 
     def topology(self) -> Topology:
         return Topology(self.namespace, self.partitions)

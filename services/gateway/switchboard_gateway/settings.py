@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from switchboard_runtime.settings import MIN_SECRET_BYTES, CommonSettings
+from switchboard_runtime.settings import CommonSettings, long_enough
 
 __all__ = ["Settings"]
 
@@ -98,12 +98,7 @@ class Settings(CommonSettings):
     @field_validator("jwt_secret")
     @classmethod
     def _secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
-        if secret is not None and len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
-            raise ValueError(
-                f"CHAT_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (an HS256 key as long as"
-                " its hash, RFC 7518 section 3.2); generate one with `openssl rand -base64 48`"
-            )
-        return secret
+        return long_enough("CHAT_JWT_SECRET", secret)
 
     @field_validator("trusted_proxies", "allowed_origins", mode="before")
     @classmethod

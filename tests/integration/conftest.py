@@ -64,3 +64,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     system = item.funcargs.get("system") if hasattr(item, "funcargs") else None
     if report.failed and isinstance(system, System):
         report.sections.append(("service logs", system.logs()))
+
+
+# Tests that stop and start the local broker or database. They run first, before the shared
+# system exists: nothing else then reconnects beside them and slows their recovery, and no later
+# test meets a system still reconnecting from them.
+RESTART_INFRASTRUCTURE = frozenset({"test_broker_outage", "test_dead_letter_durability", "test_recovery"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def restarts(item: pytest.Item) -> bool:
+        module = getattr(item, "module", None)
+        return module is not None and module.__name__.rsplit(".", 1)[-1] in RESTART_INFRASTRUCTURE
+
+    items.sort(key=lambda item: not restarts(item))  # stable: each group keeps its order

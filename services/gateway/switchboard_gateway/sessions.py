@@ -123,12 +123,9 @@ class Session:
         while frames:
             # Everything waiting goes in one write; what comes meanwhile, in the next.
             burst = list(frames)
-            frames.clear()
-            self._bytes -= sum(map(len, burst))
+            self._taken(burst)
             await self.send(burst)
-            if self._has_room():
-                self._room_made()
-            self._maybe_request_page()
+            self._written()
         # All written, and no await since the last look: a push from now on starts a new writer.
         self._frames = None
         self._writer = None
@@ -174,16 +171,24 @@ class Session:
         frames = self._frames
         if self._writer is not None or not frames:
             return
-        if self.send_now is not None:
-            burst = list(frames)
-            if self.send_now(burst):
-                frames.clear()
-                self._bytes -= sum(map(len, burst))
-                self._frames = None
-                self._room_made()
-                self._maybe_request_page()
-                return
+        burst = list(frames)
+        if self.send_now is not None and self.send_now(burst):
+            self._taken(burst)
+            self._frames = None
+            self._written()
+            return
         self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+
+    def _taken(self, burst: list[bytes]) -> None:
+        """`burst`, everything that waited, is on its way to the socket."""
+        if self._frames is not None:
+            self._frames.clear()
+        self._bytes -= sum(map(len, burst))
+
+    def _written(self) -> None:
+        if self._has_room():
+            self._room_made()
+        self._maybe_request_page()
 
     def drop(self, reason: str) -> None:
         """Close with 1013: the client reconnects and catches up from its queue."""

@@ -90,14 +90,8 @@ class PacedWebSocketProtocol(WebSocketsSansIOProtocol):
         (`message_sent` and `message_delivery_info`, a page of a catch-up).
         """
         await self.writable.wait()
-        if self.disconnected or self.close_sent:
+        if not self._write(frames):
             raise ClientDisconnected()
-        try:
-            for frame in frames:
-                self.conn.send_text(frame)
-        except InvalidState:
-            raise ClientDisconnected() from None
-        self.transport.write(b"".join(self.conn.data_to_send()))
 
     def send_frames_now(self, frames: list[bytes]) -> bool:
         """`send_frames` without waiting: True if the frames were written; False, with nothing
@@ -107,7 +101,12 @@ class PacedWebSocketProtocol(WebSocketsSansIOProtocol):
         A session whose socket has room writes from the event loop's callback, without a task:
         when a message goes to thousands of sessions, a task for each was a fifth of the cost.
         """
-        if not self.writable.is_set() or self.disconnected or self.close_sent:
+        return self.writable.is_set() and self._write(frames)
+
+    def _write(self, frames: list[bytes]) -> bool:
+        """The frames in one socket write; False, with nothing written, if the connection is
+        going away."""
+        if self.disconnected or self.close_sent:
             return False
         try:
             for frame in frames:
